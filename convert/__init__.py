@@ -1,0 +1,1 @@
+"""The phased converter: preflight, plan, phases, journal, resume/revert."""

@@ -1,0 +1,1 @@
+"""Package layering on top of an OSTree base (see issue: layering)."""

@@ -1,0 +1,1 @@
+"""Boot chain: initramfs support, GRUB entries, trial boot, kargs."""

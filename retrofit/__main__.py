@@ -1,0 +1,5 @@
+import sys
+
+from retrofit.cli import main
+
+sys.exit(main())
