@@ -60,78 +60,151 @@ def installed_names(root: Path) -> set[str]:
     return set(dpkgdb.installed(admindir))
 
 
+# Small state files that apt, dpkg and their triggers rewrite as a side effect of an
+# install. On an offline tree they are saved before and put back by undo, so that
+# --revert restores the tree exactly. (Relative to the root; /var/log is handled by
+# size, below.)
+SIDE_EFFECT_FILES = (
+    "var/lib/apt/extended_states",
+    "var/lib/dpkg/status-old",
+    "var/lib/dpkg/diversions-old",
+    "var/lib/dpkg/statoverride-old",
+    "var/cache/ldconfig/aux-cache",
+    "var/cache/debconf/config.dat-old",
+    "var/cache/debconf/templates.dat-old",
+    "var/cache/debconf/passwords.dat-old",
+    "etc/ld.so.cache",
+)
+
+
 class InstallPackages(Phase):
     """Install what the converted system needs (ostree, ostree-boot, bubblewrap)."""
 
     name = "install-packages"
 
+    @property
+    def backup(self) -> Path:
+        return self.root / layout.STATE_DIR / "install-backup"
+
     def done(self) -> bool:
         return all(p in installed_names(self.root) for p in self.plan.missing_packages)
 
     def _apt(self, args: list[str]) -> None:
-        opts = [
-            "-o",
-            "Dir::Cache::pkgcache=",
-            "-o",
-            "Dir::Cache::srcpkgcache=",
-            "-o",
-            "APT::Install-Recommends=false",
-        ]
+        opts = ["-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=",
+                "-o", "APT::Install-Recommends=false"]  # fmt: skip
         if self.plan.live:
             run(["apt-get", *opts, *args], stream=True)
             return
-        # Offline tree: apt runs inside it, sandboxed; lists and downloads go to the
-        # sandbox's /tmp so the tree keeps nothing but the installed packages.
-        opts += [
-            "-o",
-            "Dir::State::Lists=/tmp/lists",
-            "-o",
-            "Dir::Cache::Archives=/tmp/archives",
-            "-o",
-            "Dir::Log=/tmp/log",
-            "-o",
-            "DPkg::Options::=--log=/dev/null",
-        ]
+        # Offline tree: apt runs inside it, sandboxed; lists, downloads and logs go to
+        # the sandbox's /tmp so the tree keeps nothing but the installed packages.
+        opts += ["-o", "Dir::State::Lists=/tmp/lists", "-o", "Dir::Cache::Archives=/tmp/archives",
+                 "-o", "Dir::Log=/tmp/log", "-o", "DPkg::Options::=--log=/dev/null"]  # fmt: skip
         script = (
             "mkdir -p /tmp/lists/partial /tmp/archives/partial /tmp/log && "
             'apt-get "$@" update -q && apt-get "$@" ' + " ".join(args)
         )
+        self._sandboxed(["/bin/sh", "-c", script, "apt", *opts], network=True)
+
+    def _sandboxed(self, argv: list[str], network: bool = False) -> None:
         with PolicyRcD(self.root):
-            run_in(
-                self.root,
-                ["/bin/sh", "-c", script, "apt", *opts],
-                network=True,
-                stream=True,
-                env={"DEBIAN_FRONTEND": "noninteractive"},
-            )
+            run_in(self.root, argv, network=network, stream=True,
+                   env={"DEBIAN_FRONTEND": "noninteractive"},
+                   ro_binds=self._no_initramfs_update())  # fmt: skip
+
+    def _no_initramfs_update(self) -> list[tuple[str, str]]:
+        """Keep the tree's initramfs as it is while packages install: rebuilding it is
+        the boot chain's work, and a rebuilt one could not be undone byte for byte."""
+        conf = self.root / "etc/initramfs-tools/update-initramfs.conf"
+        if not conf.is_file() or conf.is_symlink():
+            return []
+        override = self.root / layout.STATE_DIR / "update-initramfs.conf"
+        override.write_text("# retrofit: no initramfs updates while packages install\n"
+                            "update_initramfs=no\n")  # fmt: skip
+        return [(str(override), "/etc/initramfs-tools/update-initramfs.conf")]
+
+    def _log_sizes(self) -> dict[str, int]:
+        logdir = rootpath.resolve(self.root, "var/log")
+        sizes: dict[str, int] = {}
+        for dirpath, _dirs, files in os.walk(logdir):
+            for name in files:
+                p = os.path.join(dirpath, name)
+                if os.path.isfile(p) and not os.path.islink(p):
+                    sizes[os.path.relpath(p, logdir)] = os.path.getsize(p)
+        return sizes
+
+    def _save_side_effects(self) -> None:
+        if self.backup.exists():
+            shutil.rmtree(self.backup)
+        self.backup.mkdir(parents=True)
+        absent = []
+        for rel in SIDE_EFFECT_FILES:
+            src = rootpath.resolve(self.root, rel)
+            if src.is_file() and not src.is_symlink():
+                dst = self.backup / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+                content.copy_meta(src, dst)
+            elif not src.exists():
+                absent.append(rel)
+        self.journal.record(self.name, "absent", absent)
+        self.journal.record(self.name, "logs", self._log_sizes())
+
+    def _restore_side_effects(self) -> None:
+        for rel in SIDE_EFFECT_FILES:
+            saved = self.backup / rel
+            target = rootpath.resolve(self.root, rel)
+            if saved.is_file():
+                os.rename(saved, target)
+            elif rel in self.journal.recorded(self.name, "absent", []) and target.is_file():
+                target.unlink()
+        # logs the package tools wrote despite the redirections (update-alternatives
+        # writes /var/log/alternatives.log itself): cut back to their size before
+        before = self.journal.recorded(self.name, "logs", {})
+        logdir = rootpath.resolve(self.root, "var/log")
+        for rel, size in self._log_sizes().items():
+            if rel not in before:
+                (logdir / rel).unlink()
+            elif size > before[rel]:
+                os.truncate(logdir / rel, before[rel])
+
+    def _cleanup(self) -> None:
+        for p in (self.backup, self.root / layout.STATE_DIR / "update-initramfs.conf"):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
 
     def apply(self) -> None:
         before = sorted(installed_names(self.root))
         if self.journal.recorded(self.name, "before") is None:
+            if not self.plan.live:
+                self._save_side_effects()
             self.journal.record(self.name, "before", before)
         missing = [p for p in self.plan.missing_packages if p not in before]
         if not missing:
             return
         log.info("install-packages: installing %s", ", ".join(missing))
-        if self.plan.live:
-            self._apt(["install", "-y", "-q", *missing])
-        else:
-            self._apt(["install", "-y", "-q", *missing])
+        self._apt(["install", "-y", "-q", *missing])
+        override = self.root / layout.STATE_DIR / "update-initramfs.conf"
+        if override.exists():
+            override.unlink()
 
     def undo(self) -> None:
         before = self.journal.recorded(self.name, "before")
         if before is None:
+            self._cleanup()
             return
         added = sorted(installed_names(self.root) - set(before))
-        if not added:
-            return
-        log.info("install-packages: purging %s", ", ".join(added))
-        argv = ["dpkg", "--purge", "--force-depends", "--log=/dev/null", *added]
-        if self.plan.live:
-            run(argv, stream=True)
-        else:
-            with PolicyRcD(self.root):
-                run_in(self.root, argv, stream=True)
+        if added:
+            log.info("install-packages: purging %s", ", ".join(added))
+            argv = ["dpkg", "--purge", "--force-depends", "--log=/dev/null", *added]
+            if self.plan.live:
+                run(argv, stream=True)
+            else:
+                self._sandboxed(argv)
+        if not self.plan.live and self.backup.exists():
+            self._restore_side_effects()
+        self._cleanup()
 
 
 class PrepareRepo(Phase):
