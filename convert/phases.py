@@ -17,6 +17,7 @@ from pathlib import Path
 from convert import content
 from convert.journal import Journal
 from convert.plan import Move, Plan
+from grub import initramfs
 from retrofit import dpkgdb, layout, rootpath
 from retrofit import ostree as ot
 from retrofit.errors import RetrofitError
@@ -281,9 +282,18 @@ class Commit(Phase):
         extras: list[ot.ExtraFile] = []
         for k in self.plan.kernels:
             mod = f"usr/lib/modules/{k['version']}"
-            extras.append(ot.ExtraFile(f"{mod}/vmlinuz", source=root / k["vmlinuz"]))
-            if k["initrd"]:
-                extras.append(ot.ExtraFile(f"{mod}/initramfs.img", source=root / k["initrd"]))
+            # kernel images are replaced, never written in place: link, don't copy
+            extras.append(ot.ExtraFile(f"{mod}/vmlinuz", source=root / k["vmlinuz"], link=True))
+            # the host's initramfs cannot boot ostree=: build one that can, with the
+            # tree's own generator (the host's stays as it is, for the old system)
+            initrd = self.staging / f"initramfs-{k['version']}.img"
+            initramfs.build(root, k["version"], initrd, self.staging / "initramfs-work")
+            initrd.chmod(0o644)
+            extras.append(ot.ExtraFile(f"{mod}/initramfs.img", source=initrd, link=True))
+        extras += [
+            ot.ExtraFile(initramfs.HOOK_PATH, data=initramfs.HOOK.encode(), mode=0o755),
+            ot.ExtraFile(initramfs.SCRIPT_PATH, data=initramfs.SCRIPT.encode(), mode=0o755),
+        ]
         # Adopted files keep their mtime (the objects are the files), so their
         # bytecode stays valid as it is.
         pyc = [] if adopt else list(content.pyc_patches(root / "usr"))

@@ -86,11 +86,15 @@ def build(root: Path, kver: str, out: Path, work: Path) -> str:
     OSTree support, using the tree's own generator inside a read-only sandbox."""
     gen = generator(root)
     if gen is None:
-        raise RetrofitError("initramfs: the tree has neither initramfs-tools nor dracut",
-                            hint="apt-get install initramfs-tools")
+        raise RetrofitError(
+            "initramfs: the tree has neither initramfs-tools nor dracut",
+            hint="apt-get install initramfs-tools",
+        )
     if not (root / PREPARE_ROOT.lstrip("/")).exists():
-        raise RetrofitError(f"initramfs: {PREPARE_ROOT} is missing from the tree",
-                            hint="the ostree-boot package provides it")
+        raise RetrofitError(
+            f"initramfs: {PREPARE_ROOT} is missing from the tree",
+            hint="the ostree-boot package provides it",
+        )
     cache_dir = os.environ.get("RETROFIT_INITRAMFS_CACHE")
     key = cache_key(root, kver, gen)
     if cache_dir and (Path(cache_dir) / key).is_file():
@@ -100,21 +104,36 @@ def build(root: Path, kver: str, out: Path, work: Path) -> str:
     if work.exists():
         shutil.rmtree(work)
     (work / "out").mkdir(parents=True)
-    env = {"TMPDIR": "/tmp"}
+    # reproducible: the same tree gives the same image (initramfs-tools honours it)
+    epoch = (
+        int((root / f"boot/vmlinuz-{kver}").stat().st_mtime)
+        if (root / f"boot/vmlinuz-{kver}").exists()
+        else 0
+    )
+    env = {"TMPDIR": "/tmp", "SOURCE_DATE_EPOCH": str(epoch)}
     if gen == "initramfs-tools":
         conf = work / "conf"
         shutil.copytree(root / "etc/initramfs-tools", conf, symlinks=True)
         (conf / "hooks").mkdir(exist_ok=True)
         (conf / "scripts/local-bottom").mkdir(parents=True, exist_ok=True)
-        for path, text in ((conf / "hooks" / HOOK_NAME, HOOK),
-                           (conf / "scripts/local-bottom" / HOOK_NAME, SCRIPT)):
+        for path, text in (
+            (conf / "hooks" / HOOK_NAME, HOOK),
+            (conf / "scripts/local-bottom" / HOOK_NAME, SCRIPT),
+        ):
             path.write_text(text)
             path.chmod(0o755)
         argv = ["mkinitramfs", "-d", "/tmp/conf", "-o", "/tmp/out/initramfs.img", kver]
         binds = [(str(conf), "/tmp/conf"), (str(work / "out"), "/tmp/out")]
     else:
-        argv = ["dracut", "--force", "--add", "ostree", "--no-hostonly",
-                "/tmp/out/initramfs.img", kver]
+        argv = [
+            "dracut",
+            "--force",
+            "--add",
+            "ostree",
+            "--no-hostonly",
+            "/tmp/out/initramfs.img",
+            kver,
+        ]
         binds = [(str(work / "out"), "/tmp/out")]
     log.info("initramfs: building with %s for %s (ostree= support)", gen, kver)
     run_in(root, argv, root_readonly=True, binds=binds, env=env)

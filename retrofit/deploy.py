@@ -81,7 +81,9 @@ def deploy_with_merge(
         report = replace_etc(Path(new.path), merged_from)
         log.info(
             "deploy: /etc merged from %s: %d merged line by line, %d conflicts",
-            merged_from.name, len(report.merged), len(report.conflicts),
+            merged_from.name,
+            len(report.merged),
+            len(report.conflicts),
         )
         for item in report.conflicts:
             log.warning("deploy: /etc conflict: %s (%s)", item.path, item.detail)

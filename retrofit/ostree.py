@@ -9,9 +9,12 @@ staging copy.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,9 @@ class ExtraFile:
     source: Path | None = None
     data: bytes | None = None
     mode: int | None = None
+    # hardlink ``source`` into the object store instead of copying it (falls back
+    # to a copy across filesystems); ``source`` must never be written in place
+    link: bool = False
 
 
 @dataclass
@@ -60,6 +66,41 @@ class CommitStats:
     files: int = 0
     bytes: int = 0
     skipped_special: list[str] = field(default_factory=list)
+
+
+COMMIT_WORKERS = max(1, min(4, os.cpu_count() or 1))
+SPLIT_DEPTH = 4
+
+
+def dir_sizes(top: Path, depth: int) -> dict[str, int]:
+    """Bytes below each directory of ``top`` down to ``depth`` levels ("" is ``top``,
+    else "/a/b"), hardlinked inodes counted once."""
+    sizes: dict[str, int] = {}
+    seen: set[tuple[int, int]] = set()
+    stack: list[tuple[str, list[str]]] = [("", [""])]
+    while stack:
+        rel, ancestors = stack.pop()
+        try:
+            it = os.scandir(top / rel.lstrip("/") if rel else top)
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                child = f"{rel}/{e.name}"
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    anc = ancestors + [child] if child.count("/") <= depth else ancestors
+                    stack.append((child, anc))
+                    continue
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                for a in ancestors:
+                    sizes[a] = sizes.get(a, 0) + st.st_size
+    return sizes
 
 
 def mtree_dir(
@@ -208,12 +249,18 @@ class Repo:
                     )
                 if src.adopt:
                     self.adopt_dir(src.src, "", target, specials, src.exclude, stats, prog)
-                else:
+                elif specials:
                     self._write_dir(src.src, "", target, modifier, specials, src.exclude)
+                else:
+                    self._write_parallel(src, target, stats, prog)
             default_meta = self.default_dirmeta()
             for extra in extra_files:
                 parent_dir, _, name = extra.dest.rpartition("/")
-                csum = self.write_file_content(extra)
+                csum = None
+                if extra.link and extra.source is not None and extra.data is None:
+                    csum = self.link_file_object(extra.source)
+                if csum is None:
+                    csum = self.write_file_content(extra)
                 mtree_dir(mtree, parent_dir, default_meta).replace_file(name, csum)
             ok, root = self.repo.write_mtree(mtree, None)
             meta = GLib.Variant("a{sv}", metadata)
@@ -226,6 +273,98 @@ class Repo:
         if prog:
             prog.finish()
         return str(checksum), stats
+
+    def _write_parallel(
+        self,
+        src: CommitSource,
+        target: OSTree.MutableTree,
+        stats: CommitStats,
+        prog: Progress | None,
+    ) -> None:
+        """Write ``src`` with several threads: the tree is split into directory tasks
+        of balanced size (big directories become tasks of their own, skipped by their
+        parent's walk); each task is libostree's own C walk into its own subtree.
+        libostree's content writes are safe from several threads (one transaction);
+        PyGObject releases the GIL while they run."""
+        sizes = dir_sizes(src.src, SPLIT_DEPTH)
+        total = max(sizes.get("", 0), 1)
+        limit = total / (COMMIT_WORKERS * 4)
+        tasks: dict[str, tuple[OSTree.MutableTree, set[str]]] = {"": (target, set())}
+        frontier = [""]
+        while frontier and COMMIT_WORKERS > 1:
+            rel = max(frontier, key=lambda r: sizes.get(r, 0))
+            frontier.remove(rel)
+            if sizes.get(rel, 0) <= limit or rel.count("/") >= SPLIT_DEPTH:
+                continue
+            mtree, skip = tasks[rel]
+            with os.scandir(src.src / rel.lstrip("/") if rel else src.src) as it:
+                for entry in it:
+                    child = f"{rel}/{entry.name}"
+                    if child in src.exclude or not entry.is_dir(follow_symlinks=False):
+                        continue
+                    if sizes.get(child, 0) < limit / 8:
+                        continue  # small: stays in the parent's walk
+                    ok, sub = mtree.ensure_dir(entry.name)
+                    skip.add(f"/{entry.name}")
+                    tasks[child] = (sub, set())
+                    frontier.append(child)
+        lock = threading.Lock()
+
+        def task(rel: str) -> None:
+            mtree, skip = tasks[rel]
+            excl = {e[len(rel) :] for e in src.exclude if e.startswith(rel + "/")}
+            drop = frozenset(skip | excl)
+
+            def _filter(
+                repo: Any, path: str, info: Gio.FileInfo, *_user: Any
+            ) -> OSTree.RepoCommitFilterResult:
+                if path in drop:
+                    return OSTree.RepoCommitFilterResult.SKIP
+                if info.get_file_type() == Gio.FileType.REGULAR:
+                    size = info.get_size()
+                    with lock:
+                        stats.files += 1
+                        stats.bytes += size
+                        if prog:
+                            prog.update(size)
+                return OSTree.RepoCommitFilterResult.ALLOW
+
+            modifier = OSTree.RepoCommitModifier.new(
+                OSTree.RepoCommitModifierFlags.NONE, _filter, None
+            )
+            dfd = os.open(src.src / rel.lstrip("/") if rel else src.src,
+                          os.O_RDONLY | os.O_DIRECTORY)  # fmt: skip
+            try:
+                self.repo.write_dfd_to_mtree(dfd, ".", mtree, modifier, None)
+            finally:
+                os.close(dfd)
+
+        own = {r: sizes.get(r, 0) - sum(sizes.get(f"{r}{c}", 0) for c in tasks[r][1])
+               for r in tasks}  # fmt: skip
+        order = sorted(tasks, key=lambda r: -own[r])
+        with ThreadPoolExecutor(max_workers=COMMIT_WORKERS) as pool:
+            for fut in [pool.submit(task, r) for r in order]:
+                fut.result()
+
+    def link_file_object(self, path: Path) -> str | None:
+        """Make ``path`` itself the content object (hardlink), if it is on the
+        repository's filesystem; None if it is not."""
+        gfile = Gio.File.new_for_path(str(path))
+        ok, raw = OSTree.checksum_file(gfile, OSTree.ObjectType.FILE, None)
+        csum = str(OSTree.checksum_from_bytes(raw))
+        obj = self.path / "objects" / csum[:2] / f"{csum[2:]}.file"
+        if obj.exists():
+            return csum
+        obj.parent.mkdir(exist_ok=True)
+        try:
+            os.link(path, obj)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return None
+            raise
+        return csum
 
     def _write_dir(
         self,
@@ -285,39 +424,61 @@ class Repo:
         dpkg's write-new-then-rename, but e.g. ``>>`` or an editor that writes in
         place, or a chmod) while the old system runs changes the object too;
         ``ostree fsck`` reports it. Symlinks and directories are written normally.
+        Checksums are computed by several threads.
         """
+        files: list[tuple[OSTree.MutableTree, str, str, int]] = []
+        self._adopt_walk(top, rel, target, specials, exclude, files)
+        lock = threading.Lock()
+
+        def checksum(item: tuple[OSTree.MutableTree, str, str, int]) -> str:
+            ok, raw = OSTree.checksum_file(Gio.File.new_for_path(item[2]),
+                                           OSTree.ObjectType.FILE, None)  # fmt: skip
+            csum = str(OSTree.checksum_from_bytes(raw))
+            obj = self.path / "objects" / csum[:2] / f"{csum[2:]}.file"
+            if not obj.exists():
+                obj.parent.mkdir(exist_ok=True)
+                try:
+                    os.link(item[2], obj)
+                except FileExistsError:
+                    pass
+            with lock:
+                stats.files += 1
+                stats.bytes += item[3]
+                if prog:
+                    prog.update(item[3])
+            return csum
+
+        with ThreadPoolExecutor(max_workers=COMMIT_WORKERS) as pool:
+            sums = list(pool.map(checksum, files, chunksize=64))
+        for (mtree, name, _path, _size), csum in zip(files, sums):
+            mtree.replace_file(name, csum)
+
+    def _adopt_walk(
+        self,
+        top: Path,
+        rel: str,
+        target: OSTree.MutableTree,
+        specials: set[str],
+        exclude: frozenset[str],
+        files: list[tuple[OSTree.MutableTree, str, str, int]],
+    ) -> None:
         path = top / rel.lstrip("/") if rel else top
         target.set_metadata_checksum(self.write_dirmeta(path))
-        objects = self.path / "objects"
         for entry in sorted(os.scandir(path), key=lambda e: e.name):
             child = f"{rel}/{entry.name}"
             if child in specials or child in exclude:
                 continue
             if entry.is_dir(follow_symlinks=False):
                 ok, sub = target.ensure_dir(entry.name)
-                self.adopt_dir(top, child, sub, specials, exclude, stats, prog)
+                self._adopt_walk(top, child, sub, specials, exclude, files)
             elif entry.is_symlink():
                 target.replace_file(
                     entry.name,
                     self.write_file_content(ExtraFile(dest=entry.name, source=Path(entry.path))),
                 )
             else:
-                gfile = Gio.File.new_for_path(entry.path)
-                ok, raw = OSTree.checksum_file(gfile, OSTree.ObjectType.FILE, None)
-                csum = str(OSTree.checksum_from_bytes(raw))
-                obj = objects / csum[:2] / f"{csum[2:]}.file"
-                if not obj.exists():
-                    obj.parent.mkdir(exist_ok=True)
-                    try:
-                        os.link(entry.path, obj)
-                    except FileExistsError:
-                        pass
-                target.replace_file(entry.name, csum)
                 size = entry.stat(follow_symlinks=False).st_size
-                stats.files += 1
-                stats.bytes += size
-                if prog:
-                    prog.update(size)
+                files.append((target, entry.name, entry.path, size))
 
     def default_dirmeta(self) -> str:
         """root:root 0755, for directories that exist only in generated content."""

@@ -18,6 +18,10 @@ READY_TREE = TreeSpec(
 )
 
 
+# Tests convert the same kernel many times: reuse its ostree-capable initramfs.
+os.environ.setdefault("RETROFIT_INITRAMFS_CACHE", "/var/cache/retrofit/initramfs")
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 
@@ -43,3 +47,18 @@ def ready_tree() -> Path:
     if os.geteuid() != 0 or not have("mmdebstrap"):
         pytest.skip("needs root and mmdebstrap")
     return cached_tree(READY_TREE)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Deployment roots carry the immutable attribute: clear it in this run's temp
+    directory so pytest (and anyone) can remove old runs."""
+    import subprocess
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    try:
+        base = factory.getbasetemp()
+    except Exception:
+        return
+    subprocess.run(["chattr", "-R", "-i", str(base)], capture_output=True, check=False)

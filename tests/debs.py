@@ -21,9 +21,13 @@ def build_deb(
 ) -> Path:
     root = workdir / f"{name}-pkg"
     (root / "DEBIAN").mkdir(parents=True)
-    control = [f"Package: {name}", f"Version: {version}", "Architecture: all",
-               "Maintainer: retrofit tests <tests@example.invalid>",
-               f"Description: retrofit test package {name}"]
+    control = [
+        f"Package: {name}",
+        f"Version: {version}",
+        "Architecture: all",
+        "Maintainer: retrofit tests <tests@example.invalid>",
+        f"Description: retrofit test package {name}",
+    ]
     if depends:
         control.append(f"Depends: {depends}")
     if conflicts:

@@ -95,6 +95,9 @@ def test_usr_identical_content_mode_owner_xattrs(converted: dict[str, object]) -
     added = set(after) - set(orig)
     assert added <= {
         "lib/tmpfiles.d/retrofit-var.conf",
+        "share/initramfs-tools/hooks/retrofit-ostree",
+        "share/initramfs-tools/scripts/local-bottom/retrofit-ostree",
+        "share/initramfs-tools/scripts/local-bottom",
         *(
             p
             for p in after
@@ -233,3 +236,18 @@ def test_second_convert_refuses_and_changes_nothing(converted: dict[str, object]
     assert "already converted" in r.stderr
     assert "hint: use the day-two verbs" in r.stderr
     assert manifest(tree / "ostree", skip=["repo/objects", "deploy"]) == before
+
+
+def test_initramfs_in_commit_can_boot_ostree(converted: dict[str, object]) -> None:
+    """The commit's initramfs carries ostree-prepare-root and the local-bottom script
+    (initramfs-tools), built by the tree's own mkinitramfs; the host's is untouched."""
+    tree = converted["tree"]
+    assert isinstance(tree, Path)
+    dep = deployment_dir(tree)
+    img = next((dep / "usr/lib/modules").glob("*/initramfs.img"))
+    listing = in_tree(dep, f"lsinitramfs /usr/lib/modules/{img.parent.name}/initramfs.img").stdout
+    assert "usr/lib/ostree/ostree-prepare-root" in listing.split()
+    assert "scripts/local-bottom/retrofit-ostree" in listing.split()
+    host = next((tree / "boot").glob("initrd.img-*"))
+    host_listing = in_tree(tree, f"lsinitramfs /boot/{host.name}").stdout
+    assert "usr/lib/ostree/ostree-prepare-root" not in host_listing.split()

@@ -29,12 +29,43 @@ def sandbox_dpkg(checkout: Path, deb: Path) -> None:
     """dpkg inside a checkout of a commit: /etc is usr/etc, /var/lib/dpkg the database
     relocated into /usr, /var a scratch tmpfs; no network."""
     (checkout / "etc").mkdir(exist_ok=True)
-    run(["bwrap", "--bind", str(checkout), "/", "--bind", str(checkout / "usr/etc"), "/etc",
-         "--tmpfs", "/var", "--bind", str(checkout / "usr/share/dpkg/database"), "/var/lib/dpkg",
-         "--bind", str(checkout / "usr/share/debconf/database"), "/var/cache/debconf",
-         "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run",
-         "--unshare-net", "--unshare-pid", "--ro-bind", str(deb), "/tmp/pkg.deb",
-         "--", "dpkg", "--log=/dev/null", "-i", "/tmp/pkg.deb"])
+    run(
+        [
+            "bwrap",
+            "--bind",
+            str(checkout),
+            "/",
+            "--bind",
+            str(checkout / "usr/etc"),
+            "/etc",
+            "--tmpfs",
+            "/var",
+            "--bind",
+            str(checkout / "usr/share/dpkg/database"),
+            "/var/lib/dpkg",
+            "--bind",
+            str(checkout / "usr/share/debconf/database"),
+            "/var/cache/debconf",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/run",
+            "--unshare-net",
+            "--unshare-pid",
+            "--ro-bind",
+            str(deb),
+            "/tmp/pkg.deb",
+            "--",
+            "dpkg",
+            "--log=/dev/null",
+            "-i",
+            "/tmp/pkg.deb",
+        ]
+    )
     (checkout / "etc").rmdir()
 
 
@@ -45,9 +76,31 @@ def test_new_base_merges_users_and_config(ready_tree: Path, tmp_path: Path) -> N
     old = Path(sysroot.deployments()[0].path)
 
     # the admin's changes in the running system's /etc (as useradd and an editor would)
-    run(["bwrap", "--ro-bind", str(old), "/", "--bind", str(old / "etc"), "/etc",
-         "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/var",
-         "--", "useradd", "-M", "-s", "/bin/bash", "bob"])
+    run(
+        [
+            "bwrap",
+            "--ro-bind",
+            str(old),
+            "/",
+            "--bind",
+            str(old / "etc"),
+            "/etc",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/var",
+            "--",
+            "useradd",
+            "-M",
+            "-s",
+            "/bin/bash",
+            "bob",
+        ]
+    )
     sshd = old / "etc/ssh/sshd_config"
     text = sshd.read_text()
     assert "#Port 22\n" in text
@@ -57,17 +110,25 @@ def test_new_base_merges_users_and_config(ready_tree: Path, tmp_path: Path) -> N
     # line, and an upstream sshd_config change in another place
     co = tmp_path / "newbase"
     run(["ostree", "checkout", f"--repo={tree}/ostree/repo", "--force-copy", REF, str(co)])
-    deb = build_deb(tmp_path, "newsvc", postinst=POSTINST,
-                    files={"usr/lib/tmpfiles.d/newsvc.conf": NEWSVC_TMPFILES})
+    deb = build_deb(
+        tmp_path,
+        "newsvc",
+        postinst=POSTINST,
+        files={"usr/lib/tmpfiles.d/newsvc.conf": NEWSVC_TMPFILES},
+    )
     sandbox_dpkg(co, deb)
     up = co / "usr/etc/ssh/sshd_config"
     upstream = up.read_text()
     assert "#LoginGraceTime 2m\n" in upstream
     up.write_text(upstream.replace("#LoginGraceTime 2m\n", "LoginGraceTime 1m\n"))
     repo = ot.Repo(tree / "ostree/repo")
-    repo.write_tree_commit([ot.CommitSource(co, "")], ref=REF, subject="new base",
-                           metadata={"version": ot.v_str("12.new")},
-                           parent=repo.resolve(REF))
+    repo.write_tree_commit(
+        [ot.CommitSource(co, "")],
+        ref=REF,
+        subject="new base",
+        metadata={"version": ot.v_str("12.new")},
+        parent=repo.resolve(REF),
+    )
 
     # libostree's own merge, for comparison: LOCAL's passwd wins whole, so the
     # package's user is lost and the upstream sshd_config change is dropped
@@ -88,8 +149,9 @@ def test_new_base_merges_users_and_config(ready_tree: Path, tmp_path: Path) -> N
     shadow = new / "etc/shadow"
     st = shadow.stat()
     assert st.st_mode & 0o777 == 0o640
-    shadow_gid = next(int(ln.split(":")[2]) for ln in group.splitlines()
-                      if ln.startswith("shadow:"))
+    shadow_gid = next(
+        int(ln.split(":")[2]) for ln in group.splitlines() if ln.startswith("shadow:")
+    )
     assert (st.st_uid, st.st_gid) == (0, shadow_gid)
     assert "\nnewsvc:" in shadow.read_text() and "\nbob:" in shadow.read_text()
 
@@ -102,9 +164,29 @@ def test_new_base_merges_users_and_config(ready_tree: Path, tmp_path: Path) -> N
     # systemd-tmpfiles in the new deployment resolves the package's user
     var = tmp_path / "scratch-var"
     (var / "lib").mkdir(parents=True)
-    run(["bwrap", "--ro-bind", str(new), "/", "--bind", str(var), "/var",
-         "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run", "--",
-         "systemd-tmpfiles", "--create", "/usr/lib/tmpfiles.d/newsvc.conf"])
+    run(
+        [
+            "bwrap",
+            "--ro-bind",
+            str(new),
+            "/",
+            "--bind",
+            str(var),
+            "/var",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/run",
+            "--",
+            "systemd-tmpfiles",
+            "--create",
+            "/usr/lib/tmpfiles.d/newsvc.conf",
+        ]
+    )
     uid = next(int(ln.split(":")[2]) for ln in passwd.splitlines() if ln.startswith("newsvc:"))
     assert (var / "lib/newsvc").stat().st_uid == uid
 
