@@ -17,6 +17,7 @@ from pathlib import Path
 from convert import content
 from convert.journal import Journal
 from convert.plan import Move, Plan
+from dpkg_layer.guard import guard_files
 from grub import initramfs
 from retrofit import dpkgdb, layout, rootpath
 from retrofit import ostree as ot
@@ -301,6 +302,9 @@ class Commit(Phase):
         admindir = rootpath.resolve(root, "var/lib/dpkg")
         tmpfiles = "\n".join(content.tmpfiles_lines(root, admindir, relocated)) + "\n"
         extras.append(ot.ExtraFile(content.TMPFILES_PATH, data=tmpfiles.encode()))
+        # on the converted system, apt and dpkg refuse to change /usr and name the
+        # retrofit verb to use instead
+        extras += guard_files()
 
         meta = {
             "version": ot.v_str(f"{self.plan.version_id}.{time.strftime('%Y%m%d.%H%M%S')}"),
@@ -489,9 +493,22 @@ class Deploy(Phase):
 
 
 class Bootloader(Phase):
-    """On a live host, regenerate the GRUB menu so it lists the deployment."""
+    """On a live host, regenerate the GRUB menu so it lists the deployment, make the
+    newest deployment the default entry (the old system stays in the menu, second),
+    and switch /boot/grub/grub.cfg to libostree's ``../loader/grub.cfg`` layout so
+    later deployments update the menu (``grub/entries.py``)."""
 
     name = "bootloader"
+
+    def _etc_roots(self) -> list[Path]:
+        roots = [self.root]
+        if (self.repo_path / "config").exists():
+            roots += [
+                Path(d.path)
+                for d in ot.Sysroot(self.root).deployments()
+                if d.stateroot == self.plan.stateroot
+            ]
+        return roots
 
     def done(self) -> bool:
         return not self.plan.update_grub
@@ -499,11 +516,19 @@ class Bootloader(Phase):
     def apply(self) -> None:
         if not self.plan.update_grub:
             return
-        run(["grub-mkconfig", "-o", "/boot/grub/grub.cfg"], stream=True)
+        from grub import entries
+
+        entries.write_dropin(self._etc_roots())
+        entries.write_grubd_wrapper(self._etc_roots())
+        entries.mkconfig(self.root)
 
     def undo(self) -> None:
         if self.plan.update_grub and self.journal.status(self.name) != "pending":
-            run(["grub-mkconfig", "-o", "/boot/grub/grub.cfg"], stream=True)
+            from grub import entries
+
+            entries.remove_dropin(self._etc_roots())
+            entries.restore(self.root)
+            run(["grub-mkconfig", "-o", str(self.root / entries.GRUB_CFG)], stream=True)
 
 
 class Finalize(Phase):

@@ -48,7 +48,8 @@ PREREQ=""
 prereqs() { echo "$PREREQ"; }
 case "$1" in prereqs) prereqs; exit 0 ;; esac
 grep -q '\\bostree=' /proc/cmdline || exit 0
-[ -x /usr/lib/ostree/ostree-prepare-root ] || panic "retrofit: ostree= given but ostree-prepare-root is missing from the initramfs"
+[ -x /usr/lib/ostree/ostree-prepare-root ] || \
+    panic "retrofit: ostree= given but the initramfs has no ostree-prepare-root"
 # the physical root must be writable for the deployment's /etc and /var
 mount -o remount,rw "${rootmnt}" || true
 /usr/lib/ostree/ostree-prepare-root "${rootmnt}" || panic "retrofit: ostree-prepare-root failed"

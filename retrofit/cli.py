@@ -220,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         etc_cmd.add_arguments(sp)
         sp.set_defaults(func=etc_cmd.main)
 
+    from retrofit import layer_cmd
+
+    layer_cmd.register(sub, add_parser)
+
     sp = sub.add_parser(
         "rehearse",
         help="rehearse the conversion on a throwaway Debian system",

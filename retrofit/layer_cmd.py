@@ -7,14 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from retrofit.errors import NothingToDo, UsageError
 from retrofit.log import log
 
-AddParser = Callable[..., argparse.ArgumentParser]
+AddParser = Callable[..., argparse.ArgumentParser]  # typing's: evaluated at run time (3.8)
 
 
 def _print_json(obj: object) -> None:
@@ -101,6 +100,7 @@ def cmd_install(args: argparse.Namespace) -> int:
             explicit=new_names + [d.name for d in new_debs],
             lists=_lists_mode(args),
             dry_run=args.dry_run,
+            download_only=args.download_only,
         )
     return _report(args, out, verb)
 
@@ -250,8 +250,10 @@ def cmd_db(args: argparse.Namespace) -> int:
     if getattr(args, "db_action", None) != "diff":
         raise UsageError("db: give an action: diff [FROM TO]", hint="see 'retrofit db --help'")
     if len(args.revs) not in (0, 2):
-        raise UsageError("db diff: give both FROM and TO, or neither",
-                         hint="retrofit db diff 1 0 compares the rollback with the default")  # fmt: skip
+        raise UsageError(
+            "db diff: give both FROM and TO, or neither",
+            hint="retrofit db diff 1 0 compares the rollback with the default",
+        )
     sysm = _system(args, "db diff")
     frm, to = (args.revs[0], args.revs[1]) if args.revs else (None, None)
     a, b, changes = dbdiff.diff(sysm, frm, to)
@@ -294,6 +296,8 @@ def register(sub: Any, add_parser: AddParser) -> None:
     )
     sp.add_argument("packages", nargs="+", metavar="PKG|FILE.deb")
     sp.add_argument("--dry-run", action="store_true", help="resolve and print, change nothing")
+    sp.add_argument("--download-only", action="store_true",
+                    help="resolve and download into the cache, deploy nothing")  # fmt: skip
     sp.add_argument("--json", action="store_true", help="print the result as JSON")
     _lists_opts(sp)
     sp.set_defaults(func=cmd_install)

@@ -431,16 +431,12 @@ class Repo:
         lock = threading.Lock()
 
         def checksum(item: tuple[OSTree.MutableTree, str, str, int]) -> str:
-            ok, raw = OSTree.checksum_file(Gio.File.new_for_path(item[2]),
-                                           OSTree.ObjectType.FILE, None)  # fmt: skip
-            csum = str(OSTree.checksum_from_bytes(raw))
-            obj = self.path / "objects" / csum[:2] / f"{csum[2:]}.file"
-            if not obj.exists():
-                obj.parent.mkdir(exist_ok=True)
-                try:
-                    os.link(item[2], obj)
-                except FileExistsError:
-                    pass
+            csum = self.link_file_object(Path(item[2]))
+            if csum is None:
+                raise RetrofitError(
+                    f"commit: cannot adopt {item[2]}: not on the repository's filesystem",
+                    hint="convert without --adopt-usr",
+                )
             with lock:
                 stats.files += 1
                 stats.bytes += item[3]

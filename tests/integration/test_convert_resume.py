@@ -117,3 +117,26 @@ def test_install_packages_phase(reference_tree: Path, tmp_path: Path) -> None:
     after = manifest(tree, skip=skip_volatile)
     diffs = diff_manifests(pristine, after, limit=50)
     assert not diffs, diffs
+
+
+def test_adopt_usr_shares_inodes_and_reverts(ready_tree: Path, tmp_path: Path) -> None:
+    """--adopt-usr: the repository's objects are the /usr files themselves (same
+    inode), the deployment sees them with owners, modes and capabilities intact,
+    fsck is clean, and revert leaves the tree as it was."""
+    import os
+
+    from retrofit.run import run
+
+    tree = copy_tree(ready_tree, tmp_path / "tree", hardlink=True)
+    pristine = full_manifest(tree)
+    plan = retrofit_cmd("convert", "--sysroot", str(tree), "--dry-run", "--adopt-usr").stdout
+    assert "/usr adopted by hardlink, no copy" in plan
+    retrofit_cmd("convert", "--sysroot", str(tree), "--yes", "--adopt-usr")
+    dep = sorted((tree / "ostree/deploy/debian/deploy").glob("*.0"))[0]
+    for rel in ("usr/bin/ping", "usr/bin/passwd", "usr/lib/os-release"):
+        assert os.stat(dep / rel).st_ino == os.stat(tree / rel).st_ino, rel
+    assert os.getxattr(dep / "usr/bin/ping", "security.capability")
+    assert os.stat(dep / "usr/bin/passwd").st_mode & 0o4000
+    assert "no errors found" in run(["ostree", "fsck", f"--repo={tree}/ostree/repo"]).stdout
+    retrofit_cmd("convert", "--sysroot", str(tree), "--revert")
+    assert not diff_manifests(pristine, full_manifest(tree))

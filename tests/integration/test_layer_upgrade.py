@@ -27,6 +27,8 @@ from tests.integration.test_layering import (
 )
 
 CENTRAL_REF = "debian/bookworm/x86_64/base"
+# Older than bookworm's less (590-2.1~deb12u2), new enough for systemd's Breaks (<< 563).
+OLD_LESS = "581-0retrofit1"
 
 
 def dpkg_in(checkout: Path, debs: Sequence[Path], *opts: str) -> None:
@@ -62,9 +64,11 @@ def checkout(repo: Path, ref: str, dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture
-def tree(ready_tree: Path, tmp_path: Path) -> Iterator[Path]:
-    t = convert(ready_tree, tmp_path / "tree")
+@pytest.fixture(scope="module")
+def tree(ready_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One converted tree for the module (the second test starts by rebasing back to
+    the local base, whatever the first left)."""
+    t = convert(ready_tree, tmp_path_factory.mktemp("upgrade") / "tree")
     yield t
     run(["chattr", "-R", "-i", str(t / "ostree/deploy")], ok=(0, 1))
 
@@ -122,24 +126,25 @@ def test_new_bases_keep_the_layer(tree: Path, tmp_path: Path) -> None:
 
 
 def test_local_base_upgrade(tree: Path, tmp_path: Path) -> None:
-    """The converted base, made older on purpose (less replaced by a fake 0.1), is
+    """The converted base, made older on purpose (less replaced by a fake older one), is
     upgraded here: apt-get dist-upgrade in the sandbox brings less back from the
     archive; the layer (htop) is applied on top of the new base."""
     repo = tree / "ostree/repo"
-    fake = make_deb(tmp_path, "less", version="0.1", files={"usr/share/doc/less/FAKE": "old\n"})
+    fake = make_deb(tmp_path, "less", version=OLD_LESS, fields={"Architecture": "amd64"},
+                    files={"usr/share/doc/less/FAKE": "old\n"})  # fmt: skip
     co = checkout(repo, BASE_REF, tmp_path / "old-base")
     dpkg_in(co, [fake], "--force-downgrade")
     old_base = commit_checkout(repo, co, BASE_REF, "12.old")
     rf("rebase", "--sysroot", str(tree), BASE_REF)  # the deployment is now on it
     rf("install", "--sysroot", str(tree), "htop")
-    assert installed(Path(deployments(tree)[0].path))["less"] == "0.1"
+    assert installed(Path(deployments(tree)[0].path))["less"] == OLD_LESS
 
     check = rf("upgrade", "--sysroot", str(tree), "--check")
-    m = re.search(r"^  ~ less 0\.1 -> (\S+)$", check.stdout, re.M)
+    m = re.search(rf"^  ~ less {re.escape(OLD_LESS)} -> (\S+)$", check.stdout, re.M)
     assert m, check.stdout
     new_less = m.group(1)
     preview = rf("upgrade", "--sysroot", str(tree), "--preview")
-    assert f"~ less 0.1 -> {new_less}" in preview.stdout
+    assert f"~ less {OLD_LESS} -> {new_less}" in preview.stdout
     assert "Dry run: nothing was deployed." in preview.stdout
     n = len(deployments(tree))
 
