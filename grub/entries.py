@@ -48,8 +48,8 @@ prefix=
 if [ "${GRUB_DEVICE_BOOT}" = "${GRUB_DEVICE}" ]; then
     prefix=/boot
 fi
-printf '%s\\n' "$out" | sed -E \\
-    "/^[[:space:]]*(linux|linuxefi|linux16|initrd|initrdefi|initrd16|devicetree)[[:space:]]/ s# /ostree/# ${prefix}/ostree/#g"
+c='linux|linuxefi|linux16|initrd|initrdefi|initrd16|devicetree'
+printf '%s\\n' "$out" | sed -E "/^[[:space:]]*(${c})[[:space:]]/ s# /ostree/# ${prefix}/ostree/#g"
 """.replace("@GEN@", OSTREE_GENERATOR)
 GRUB_CFG = "boot/grub/grub.cfg"
 LOADER_CFG = "boot/loader/grub.cfg"
