@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from retrofit.run import require_tool
+from retrofit.sandbox import base_argv
 
 # Set in every sandbox that runs dpkg or apt on purpose: the guard installed on
 # converted systems (dpkg_layer.guard) lets those runs through.
@@ -26,33 +26,7 @@ def argv(
 ) -> list[str]:
     """``mounts`` are (kind, source, dest) with kind one of bind, ro-bind, tmpfs,
     symlink; applied in order after /dev, /proc, /tmp and /run."""
-    out = [
-        require_tool("bwrap", "run package scripts sandboxed", "bubblewrap"),
-        "--ro-bind" if root_readonly else "--bind",
-        str(root),
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-        "--perms",
-        "1777",
-        "--tmpfs",
-        "/tmp",
-        "--tmpfs",
-        "/run",
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--die-with-parent",
-        "--new-session",
-        "--chdir",
-        "/",
-        "--setenv",
-        LAYERING_ENV,
-        "1",
-    ]
+    out = base_argv(root, root_readonly) + ["--new-session", "--setenv", LAYERING_ENV, "1"]
     if not network:
         out.append("--unshare-net")
     for key, value in (setenv or {}).items():

@@ -18,6 +18,16 @@ POLICY_RC_D = (
 )
 
 
+def base_argv(root: Path, root_readonly: bool = False) -> list[str]:
+    """bwrap with ``root`` as /, fresh /dev, /proc, /tmp (1777) and /run, private
+    PID/IPC/UTS/cgroup namespaces; callers add the network choice and mounts."""
+    bwrap = require_tool("bwrap", "run package scripts sandboxed", "bubblewrap")
+    return [bwrap, "--ro-bind" if root_readonly else "--bind", str(root), "/",
+            "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp",
+            "--tmpfs", "/run", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--die-with-parent", "--chdir", "/"]  # fmt: skip
+
+
 def bwrap_argv(
     root: Path,
     argv: Sequence[str],
@@ -27,30 +37,7 @@ def bwrap_argv(
     binds: Sequence[tuple[str, str]] = (),
     root_readonly: bool = False,
 ) -> list[str]:
-    bwrap = require_tool("bwrap", "run package scripts sandboxed", "bubblewrap")
-    out = [
-        bwrap,
-        "--ro-bind" if root_readonly else "--bind",
-        str(root),
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-        "--perms",
-        "1777",
-        "--tmpfs",
-        "/tmp",
-        "--tmpfs",
-        "/run",
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--die-with-parent",
-        "--chdir",
-        "/",
-    ]
+    out = base_argv(root, root_readonly)
     if not network:
         out.append("--unshare-net")
     elif (
