@@ -31,8 +31,15 @@ from retrofit.log import log
 @contextmanager
 def locked(root: Path) -> Iterator[None]:
     state = root / layout.STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
-    with open(state / ".lock", "w") as f:
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        f = open(state / ".lock", "w")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise RetrofitError(
+            f"convert: cannot write {state}: {exc.strerror}",
+            hint="the root must be writable (is it mounted read-only?)",
+        ) from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -173,6 +180,13 @@ def revert(root: Path) -> dict[str, object]:
     if journal is None:
         raise NothingToDo(
             f"convert --revert: no conversion journal in {root}", hint="nothing to revert"
+        )
+    from convert import old_system
+
+    if old_system.removed(root):
+        raise RetrofitError(
+            "convert --revert: the old system was removed by 'retrofit cleanup --old-system'",
+            hint="there is nothing left to revert to; retrofit rollback picks another deployment",
         )
     if os.path.exists("/run/ostree-booted") and root == Path("/"):
         raise RetrofitError(

@@ -493,8 +493,9 @@ class Deploy(Phase):
 
 
 class Bootloader(Phase):
-    """On a live host, regenerate the GRUB menu so it lists the deployment, make the
-    newest deployment the default entry (the old system stays in the menu, second),
+    """On a live host, regenerate the GRUB menu so it lists the deployment, boot it
+    next once on trial (the old system stays the default until the trial proves
+    healthy, and stays in the menu after that),
     and switch /boot/grub/grub.cfg to libostree's ``../loader/grub.cfg`` layout so
     later deployments update the menu (``grub/entries.py``)."""
 
@@ -516,16 +517,24 @@ class Bootloader(Phase):
     def apply(self) -> None:
         if not self.plan.update_grub:
             return
-        from grub import entries
+        from grub import entries, trial
 
         entries.write_dropin(self._etc_roots())
         entries.write_grubd_wrapper(self._etc_roots())
+        # the old system stays GRUB's default until the deployment's first boot,
+        # a one-shot trial, proves healthy (retrofit-health.service)
+        trial.prepare(self.root, "convert")
         entries.mkconfig(self.root)
+        trial.begin(self.root, "convert", None)
 
     def undo(self) -> None:
         if self.plan.update_grub and self.journal.status(self.name) != "pending":
-            from grub import entries
+            from grub import entries, trial
 
+            trial.abort(self.root)
+            for rel in (trial.TRIAL, trial.CONFIRMED):
+                if (self.root / rel).exists():
+                    (self.root / rel).unlink()
             entries.remove_dropin(self._etc_roots())
             entries.restore(self.root)
             run(["grub-mkconfig", "-o", str(self.root / entries.GRUB_CFG)], stream=True)

@@ -33,6 +33,10 @@ def rollback(system: System) -> ot.Deployment:
             "rollback: there is no other deployment to roll back to",
             hint="retrofit status lists the deployments",
         )
+    from grub import trial
+
+    # a deployment waiting for its trial boot is not the one to fall back to
+    trial.cancel(system.sysroot, f"rollback to {target.name} before the trial boot")
     ostreeops.reorder_deployments(system.sysroot, target)
     new = ot.Sysroot(system.sysroot).deployments()[0]
     if (new.checksum, new.serial) != (target.checksum, target.serial):

@@ -47,7 +47,8 @@ def resolv_conf_mounts(root: Path) -> list[tuple[str, str, str]]:
     src = os.path.realpath(host)
     tree = root / "etc/resolv.conf"
     if tree.is_symlink():
-        target = os.readlink(tree)
+        # absolute or relative (systemd-resolved: ../run/systemd/resolve/stub-resolv.conf)
+        target = os.path.normpath(os.path.join("/etc", os.readlink(tree)))
         if target.startswith("/run/"):
             return [("ro-bind", src, target)]
         return []

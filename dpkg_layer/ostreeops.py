@@ -154,6 +154,13 @@ def reorder_deployments(sysroot: Path, first: ot.Deployment) -> None:
     (libostree's write_deployments; ostree 2022.7 has no 'admin set-default')."""
     sr = OSTree.Sysroot.new(Gio.File.new_for_path(str(sysroot)))
     try:
+        # On a booted host /boot (and maybe /sysroot) is a read-only bind: like the
+        # ostree CLI, move this process into its own mount namespace where libostree
+        # remounts them writable (a no-op for an offline sysroot).
+        sr.initialize_with_mount_namespace(None)
+    except GLib.Error as exc:
+        raise _gerror(f"preparing the sysroot {sysroot} for writing", exc) from None
+    try:
         sr.lock()
     except GLib.Error as exc:
         raise _gerror(f"locking the sysroot {sysroot}", exc) from None

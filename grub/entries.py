@@ -56,21 +56,42 @@ LOADER_CFG = "boot/loader/grub.cfg"
 ORIG_SUFFIX = ".retrofit-orig"
 
 DROPIN_TEXT = """\
-# retrofit: boot the newest OSTree deployment by default. ostree-boot's 15_ostree
-# titles each menu entry with its BLS entry's title, "... (ostree:0)" for the newest
-# (libostree sets _OSTREE_GRUB2_BOOTVERSION while it writes a new loader.N). With no
-# such entry GRUB_DEFAULT is left alone: the first entry, the pre-conversion system.
+# retrofit: which entry GRUB boots by default. ostree-boot's 15_ostree titles each
+# menu entry with its BLS entry's title, "... (ostree:N)", N = 0 for the newest
+# deployment (libostree sets _OSTREE_GRUB2_BOOTVERSION while it writes a new loader.N).
+# - until the converted system has once proven healthy (/ostree/retrofit/boot-confirmed)
+#   the old system (10_linux, first) stays the default;
+# - while a new deployment waits for its trial boot (/ostree/retrofit/trial-pending
+#   says "deploy"), the previous one, (ostree:1), stays the default; the trial itself
+#   boots once through GRUB's next_entry (see grub/trial.py);
+# - otherwise the newest deployment, (ostree:0).
 if [ -d /ostree/repo ]; then
+    retrofit_index=
+    if [ -e /ostree/retrofit/boot-confirmed ]; then
+        retrofit_index=0
+        if [ "$(cat /ostree/retrofit/trial-pending 2>/dev/null)" = deploy ]; then
+            retrofit_index=1
+        fi
+    fi
     retrofit_entries=/boot/loader/entries
     if [ -n "${_OSTREE_GRUB2_BOOTVERSION}" ]; then
         retrofit_entries=/boot/loader.${_OSTREE_GRUB2_BOOTVERSION}/entries
     fi
-    retrofit_title=$(sed -n 's/^title[[:space:]]\\{1,\\}//p' "${retrofit_entries}"/ostree-*.conf \\
-        2>/dev/null | grep -m1 '(ostree:0[):]' || true)
+    retrofit_title=
+    if [ -n "${retrofit_index}" ]; then
+        retrofit_title=$(sed -n 's/^title[[:space:]]\\{1,\\}//p' \\
+            "${retrofit_entries}"/ostree-*.conf 2>/dev/null \\
+            | grep -m1 "(ostree:${retrofit_index}[):]" || true)
+    fi
     if [ -n "${retrofit_title}" ]; then
         GRUB_DEFAULT="${retrofit_title}"
     fi
-    unset retrofit_entries retrofit_title
+    # the pre-conversion system's entries (10_linux), kept until
+    # `retrofit cleanup --old-system`, say what they are
+    if [ -n "${grub_mkconfig_dir:-}" ]; then
+        GRUB_DISTRIBUTOR="previous system (before retrofit): ${GRUB_DISTRIBUTOR:-Debian}"
+    fi
+    unset retrofit_entries retrofit_title retrofit_index
 fi
 """
 
@@ -128,6 +149,17 @@ def mkconfig(root: Path) -> None:
     else:
         # writes through the symlink when it is already in place
         run(["grub-mkconfig", "-o", str(cfg)], stream=True)
+
+
+def refresh(root: Path) -> None:
+    """Regenerate the current menu in place (``/boot/loader/grub.cfg`` through the
+    symlink's target, so the symlink itself stays), e.g. after a trial boot settled."""
+    from grub.trial import writable_boot
+
+    cfg = root / GRUB_CFG
+    target = Path(os.path.realpath(cfg)) if cfg.is_symlink() else cfg
+    with writable_boot(root):
+        run(["grub-mkconfig", "-o", str(target)], stream=True)
 
 
 def restore(root: Path) -> None:

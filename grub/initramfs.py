@@ -43,16 +43,23 @@ fi
 
 SCRIPT = """#!/bin/sh
 # retrofit: with ostree= on the kernel command line, make the OSTree deployment the
-# root (initramfs-tools local-bottom script; the root is mounted at ${rootmnt})
+# root (initramfs-tools local-bottom script; the root is mounted at ${rootmnt}).
+# Shell built-ins only: an initramfs built without busybox has no grep.
 PREREQ=""
 prereqs() { echo "$PREREQ"; }
 case "$1" in prereqs) prereqs; exit 0 ;; esac
-grep -q '\\bostree=' /proc/cmdline || exit 0
+. /scripts/functions
+read -r cmdline < /proc/cmdline
+case " $cmdline " in
+*" ostree="*) ;;
+*) exit 0 ;;
+esac
 [ -x /usr/lib/ostree/ostree-prepare-root ] || \
     panic "retrofit: ostree= given but the initramfs has no ostree-prepare-root"
-# the physical root must be writable for the deployment's /etc and /var
-mount -o remount,rw "${rootmnt}" || true
-/usr/lib/ostree/ostree-prepare-root "${rootmnt}" || panic "retrofit: ostree-prepare-root failed"
+log_begin_msg "retrofit: preparing the OSTree deployment as the root"
+/usr/lib/ostree/ostree-prepare-root "${rootmnt}" || \
+    panic "retrofit: ostree-prepare-root ${rootmnt} failed"
+log_end_msg
 """
 
 

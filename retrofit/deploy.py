@@ -7,6 +7,8 @@ merges /etc its own file-level way; :func:`deploy_with_merge` then replaces that
 merges, users and groups merged by entry, conflicts written beside as
 ``.retrofit-new`` and recorded in ``/etc/.retrofit-merge-conflicts.json``.
 The swap happens before the deployment is ever booted, by renames inside it.
+On a host whose GRUB retrofit manages, the new deployment then boots once on trial
+(``grub/trial.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from grub import trial as grub_trial
 from retrofit import ostree as ot
 from retrofit.errors import RetrofitError
 from retrofit.etc_merge import CONFLICT_RECORD, MergeReport, merge_etc, write_conflict_record
@@ -65,20 +68,33 @@ def deploy_with_merge(
     *,
     kargs: Sequence[str] | None = None,
     origin_file: Path | None = None,
+    trial: bool = True,
 ) -> DeployResult:
     merged_from = merge_source(sysroot, stateroot)
     argv = ["ostree", "admin", "deploy", f"--sysroot={sysroot}", f"--os={stateroot}"]
     if kargs is not None:
-        argv += ["--karg-none", *(f"--karg={k}" for k in kargs)]
+        argv += ["--karg-none", *(f"--karg-append={k}" for k in kargs)]
     if origin_file is not None:
         argv.append(f"--origin-file={origin_file}")
-    run([*argv, ref])
-    new = ot.Sysroot(sysroot).deployments()[0]
-    if new.stateroot != stateroot:
-        raise RetrofitError(f"deploy: the new deployment of {ref} is not the default")
-    report = None
-    if merged_from is not None:
-        report = replace_etc(Path(new.path), merged_from)
+    on_trial = trial and grub_trial.enabled(sysroot)
+    if on_trial:
+        # the menu libostree writes below keeps the previous deployment the default
+        grub_trial.prepare(sysroot, "deploy")
+    try:
+        run([*argv, ref])
+        new = ot.Sysroot(sysroot).deployments()[0]
+        if new.stateroot != stateroot:
+            raise RetrofitError(f"deploy: the new deployment of {ref} is not the default")
+        report = None
+        if merged_from is not None:
+            report = replace_etc(Path(new.path), merged_from)
+        if on_trial:
+            grub_trial.begin(sysroot, "deploy", merged_from)
+    except BaseException:
+        if on_trial:
+            grub_trial.abort(sysroot)
+        raise
+    if merged_from is not None and report is not None:
         log.info(
             "deploy: /etc merged from %s: %d merged line by line, %d conflicts",
             merged_from.name,

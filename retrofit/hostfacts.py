@@ -297,23 +297,33 @@ def fstab_root(root: Path) -> str | None:
     return None
 
 
+# A trial boot that panics (kernel or initramfs) must reboot by itself so GRUB's
+# one-shot entry is spent and the previous system comes back (grub/trial.py);
+# an operator's own panic= wins.
+PANIC_KARG = "panic=30"
+
+
 def inherited_kargs(root: Path, live: bool) -> tuple[str, ...]:
-    """The kernel command line the new deployment inherits from the host."""
+    """The kernel command line the new deployment inherits from the host, plus
+    ``panic=30`` when the host sets no ``panic=``."""
+    args: list[str] = []
     if live:
         try:
-            args = Path("/proc/cmdline").read_text().split()
+            cmdline = Path("/proc/cmdline").read_text().split()
         except OSError:
-            args = []
+            cmdline = []
         drop = ("BOOT_IMAGE=", "ostree=", "initrd=")
-        return tuple(a for a in args if not a.startswith(drop))
-    args = []
-    spec = fstab_root(root)
-    if spec:
-        args.append(f"root={spec}")
-    args.append("ro")
-    for a in grub_kargs(root):
-        if a not in args:
-            args.append(a)
+        args = [a for a in cmdline if not a.startswith(drop)]
+    else:
+        spec = fstab_root(root)
+        if spec:
+            args.append(f"root={spec}")
+        args.append("ro")
+        for a in grub_kargs(root):
+            if a not in args:
+                args.append(a)
+    if not any(a.startswith("panic=") for a in args):
+        args.append(PANIC_KARG)
     return tuple(args)
 
 

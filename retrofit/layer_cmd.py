@@ -228,6 +228,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from dpkg_layer import admin, system
 
     verb = "cleanup"
+    if args.old_system:
+        return _cleanup_old_system(args)
     sysm = _system(args, verb)
     with system.locked(sysm, verb):
         rep = admin.cleanup(sysm, downloads=args.downloads)
@@ -241,6 +243,26 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     if rep.removed_downloads:
         print(f"removed {rep.removed_downloads} downloaded package(s)")
     print(f"repository objects: {rep.objects_before} -> {rep.objects_after}")
+    return 0
+
+
+def _cleanup_old_system(args: argparse.Namespace) -> int:
+    from convert import old_system
+
+    sysroot = Path(args.sysroot)
+    live = str(args.sysroot) == "/"
+    rep = old_system.remove(sysroot, live=live, force=args.force, dry_run=args.dry_run)
+    if args.json:
+        _print_json(rep.to_dict())
+        return 0
+    verb = "would remove" if rep.dry_run else "removed"
+    for item in rep.items:
+        print(f"{verb} {item.kind} {item.path}")
+    for k in rep.kept:
+        print(f"kept {k}")
+    print(f"{'would free' if rep.dry_run else 'freed'} about {rep.freed_bytes // 2**20} MiB")
+    if not rep.dry_run and live:
+        print("The previous system (before retrofit) is no longer in the boot menu.")
     return 0
 
 
@@ -375,6 +397,19 @@ def register(sub: Any, add_parser: AddParser) -> None:
         "no deployment requests.",
     )
     sp.add_argument("--downloads", action="store_true", help="also empty the download cache")
+    sp.add_argument(
+        "--old-system",
+        action="store_true",
+        help="instead: remove the pre-conversion system (its /usr, /etc, kernels and GRUB "
+        "entries) once the converted system has passed a trial boot; the old /usr and /etc "
+        "are renamed aside first, then deleted; convert --revert is impossible afterwards",
+    )
+    sp.add_argument("--dry-run", action="store_true", help="with --old-system: list what would go")
+    sp.add_argument(
+        "--force",
+        action="store_true",
+        help="with --old-system: do not require a confirmed trial boot (offline trees)",
+    )
     sp.add_argument("--json", action="store_true", help="print the report as JSON")
     sp.set_defaults(func=cmd_cleanup)
 

@@ -627,7 +627,8 @@ def deploy(
     origin_file: Path | None = None,
 ) -> None:
     argv = ["ostree", "admin", "deploy", f"--sysroot={sysroot}", f"--os={stateroot}", "--karg-none"]
-    argv += [f"--karg={k}" for k in kargs]
+    # --karg-append: --karg keeps only the last of repeated names (console=tty0 console=ttyS0)
+    argv += [f"--karg-append={k}" for k in kargs]
     if origin_file is not None:
         argv.append(f"--origin-file={origin_file}")
     argv.append(ref)

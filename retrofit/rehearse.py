@@ -24,7 +24,7 @@ from retrofit.log import log
 from retrofit.reference import REFERENCE_TREE
 
 
-def _step(report: dict[str, Any], name: str, fn: Callable[[], str]) -> bool:
+def step(report: dict[str, Any], name: str, fn: Callable[[], str]) -> bool:
     start = time.monotonic()
     log.info("rehearse: %s ...", name)
     try:
@@ -109,7 +109,7 @@ def rehearse_tree(workdir: Path | None = None, keep: bool = False) -> dict[str, 
             ("verify data", verify),
             ("revert", revert),
         ):
-            if not _step(report, name, fn):
+            if not step(report, name, fn):
                 break
     finally:
         report["seconds"] = round(time.monotonic() - total, 1)
@@ -135,6 +135,17 @@ def render(report: dict[str, Any]) -> str:
             f"{s['step']:<{width}}  {'pass' if s['ok'] else 'FAIL':<6}  "
             f"{s['seconds']:>7}  {s['detail']}"
         )
+    if report.get("boots"):
+        b = report["boots"]
+        lines += [
+            "",
+            f"boots (reboot until the trial settled): {len(b)}, "
+            f"{min(b):.0f}-{max(b):.0f}s, mean {sum(b) / len(b):.0f}s",
+        ]
+    if report.get("box"):
+        lines.append(f"box: {report['box']}")
+    if report.get("diagnostics"):
+        lines += ["", "VM diagnostics:", report["diagnostics"]]
     if report.get("status"):
         lines += ["", "retrofit status of the converted tree:", report["status"]]
     if report.get("kept"):

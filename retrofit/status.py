@@ -12,6 +12,7 @@ from retrofit import layout
 from retrofit import ostree as ot
 
 API_VERSION = 1
+TRIAL_KEYS = ("state", "kind", "checksum", "serial", "title", "reason", "started", "finished")
 
 
 def _split(value: str) -> list[str]:
@@ -28,6 +29,8 @@ def collect(sysroot: Path) -> dict[str, Any]:
         "pending": None,
         "rollback": None,
         "conversion": None,
+        "trial": None,
+        "health": None,
     }
     journal = sysroot / layout.JOURNAL
     if journal.exists():
@@ -37,6 +40,15 @@ def collect(sysroot: Path) -> dict[str, Any]:
             "phases": {k: v.get("status") for k, v in data.get("phases", {}).items()},
             "ref": data.get("plan", {}).get("ref"),
         }
+    from grub import trial
+    from retrofit import health
+
+    t = trial.load(sysroot)
+    if t is not None:
+        out["trial"] = {k: t.get(k) for k in TRIAL_KEYS}
+    h = health.load_record(sysroot)
+    if h is not None:
+        out["health"] = {k: h.get(k) for k in ("ok", "finished", "booted", "checks")}
     if not (sysroot / layout.REPO / "config").exists():
         return out
     sr = ot.Sysroot(sysroot)
@@ -81,16 +93,38 @@ def collect(sysroot: Path) -> dict[str, Any]:
             out["booted"] = d.checksum
         if d.staged:
             out["staged"] = d.checksum
+    # roles by index: two deployments of one commit (e.g. after `retrofit kargs`)
+    # share a checksum
+    rollback_idx = pending_idx = None
     if deps:
         if booted_idx == 0:
-            out["rollback"] = deps[1].checksum if len(deps) > 1 else None
+            rollback_idx = 1 if len(deps) > 1 else None
         else:
-            out["pending"] = deps[0].checksum
+            pending_idx = 0
             if booted_idx is not None:
-                out["rollback"] = deps[booted_idx].checksum
+                rollback_idx = booted_idx
             elif len(deps) > 1:
-                out["rollback"] = deps[1].checksum
+                rollback_idx = 1
+    t = out["trial"]
+    for entry in out["deployments"]:
+        entry["pending"] = entry["index"] == pending_idx
+        entry["rollback"] = entry["index"] == rollback_idx
+        entry["trial"] = (
+            t["state"]
+            if t and (t.get("checksum"), t.get("serial")) == (entry["checksum"], entry["serial"])
+            else None
+        )
+    if pending_idx is not None:
+        out["pending"] = deps[pending_idx].checksum
+    if rollback_idx is not None:
+        out["rollback"] = deps[rollback_idx].checksum
     return out
+
+
+def _utc(ts: float | None) -> str:
+    if not ts:
+        return ""
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def render(st: dict[str, Any]) -> str:
@@ -101,6 +135,20 @@ def render(st: dict[str, Any]) -> str:
         if conv["state"] != "complete":
             lines.append("  phases: " + ", ".join(f"{k}={v}" for k, v in conv["phases"].items()))
             lines.append("  hint: retrofit convert resumes it; retrofit convert --revert undoes it")
+    t = st.get("trial")
+    if t:
+        when = _utc(t.get("finished") or t.get("started"))
+        line = f"Trial boot: {t['state']} ({t['kind']}, {t.get('title') or t.get('checksum')}"
+        lines.append(line + (f", {when})" if when else ")"))
+        if t.get("reason"):
+            lines.append(f"  reason: {t['reason']}")
+    h = st.get("health")
+    if h:
+        bad = [c for c in h.get("checks", []) if not c.get("ok")]
+        lines.append(
+            f"Health: {'ok' if h.get('ok') else 'FAILED'} ({_utc(h.get('finished'))})"
+            + "".join(f"\n  {c['name']}: {c['detail']}" for c in bad)
+        )
     if not st["deployments"]:
         lines.append("Deployments: none (not converted)")
         return "\n".join(lines)
@@ -109,10 +157,12 @@ def render(st: dict[str, Any]) -> str:
         marks = []
         if d["booted"]:
             marks.append("booted")
-        if d["checksum"] == st["pending"] and d["default"]:
+        if d.get("pending"):
             marks.append("pending")
-        if d["checksum"] == st["rollback"]:
+        if d.get("rollback"):
             marks.append("rollback")
+        if d.get("trial") in ("pending", "failed"):
+            marks.append(f"trial {d['trial']}")
         if d["staged"]:
             marks.append("staged")
         bullet = "●" if d["booted"] else " "

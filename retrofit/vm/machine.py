@@ -23,6 +23,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -267,12 +268,45 @@ class Machine:
     def boot_id(self) -> str:
         return self.cmd("cat /proc/sys/kernel/random/boot_id", timeout=60).stdout.strip()
 
+    def settle(
+        self,
+        command: str,
+        accept: Callable[[Result], bool],
+        timeout: float = DEFAULT_BOOT_TIMEOUT,
+        what: str = "the guest to settle",
+    ) -> Result:
+        """Run ``command`` (as root) until ``accept(result)``, across reboots the guest
+        makes by itself: an unreachable guest is retried, not an error."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            if not self.backend.alive():
+                raise VMError(
+                    f"vm {self.backend.describe()}: the VM stopped while waiting for {what}",
+                    hint=self.console_tail(15) or None,
+                )
+            r = self._ssh(
+                f"sudo -n sh -c {shlex.quote(command)}",
+                timeout=SSH_CONNECT_TIMEOUT + 60,
+                connect_timeout=5,
+            )
+            if r.returncode == 0 and accept(r):
+                return r
+            if r.returncode == 0:
+                last = r.stdout[-300:]
+            else:
+                self._close_master()  # the guest may be going down: a fresh connection
+            if time.monotonic() > deadline:
+                raise VMError(
+                    f"vm {self.backend.describe()}: no {what} within {int(timeout)}s",
+                    hint=f"last answer: {last!r}" if last else "the guest never answered",
+                )
+            time.sleep(5)
+
     def reboot(self, timeout: float = DEFAULT_BOOT_TIMEOUT) -> str:
         """Reboot in the guest; return once ssh answers with a new boot_id."""
-        old = self.boot_id()
+        old = self.request_reboot()
         started = time.monotonic()
-        self._ssh("sudo -n systemctl reboot", timeout=30)
-        self._close_master()
         deadline = started + timeout
         while True:
             if not self.backend.alive():
@@ -301,6 +335,13 @@ class Machine:
         self.last_reboot_seconds = time.monotonic() - started
         log.info("vm %s: rebooted in %.0fs", self.backend.describe(), self.last_reboot_seconds)
         return new
+
+    def request_reboot(self) -> str:
+        """Ask the guest to reboot; return the boot_id it had (see :meth:`settle`)."""
+        old = self.boot_id()
+        self._ssh("sudo -n systemctl reboot", timeout=30)
+        self._close_master()
+        return old
 
     def system_state(self, timeout: float = 300) -> str:
         """``systemctl is-system-running --wait``: running, degraded, ..."""

@@ -150,6 +150,9 @@ class QemuBackend(Backend):
     def start(self) -> None:
         require_tool(QEMU, "boot the rehearsal VM", "qemu-system-x86")
         require_tool("qemu-img", "create the VM's overlay disk", "qemu-utils")
+        if self.overlay.exists():  # a restart after a power cut: the same disk
+            self._launch()
+            return
         run(
             [
                 "qemu-img",
@@ -171,6 +174,9 @@ class QemuBackend(Backend):
                     hint="apt-get install --no-install-recommends ovmf",
                 )
             shutil.copyfile(OVMF_VARS, self.workdir / "OVMF_VARS.fd")
+        self._launch()
+
+    def _launch(self) -> None:
         for attempt in range(5):
             self.port = free_port()
             try:
@@ -241,6 +247,18 @@ class QemuBackend(Backend):
     def log_location(self) -> str:
         return str(self.serial_log)
 
+    def power_cut(self) -> None:
+        """SIGKILL QEMU: what the guest had not written out is lost, as in a power
+        cut (the overlay keeps what QEMU had written)."""
+        if self.pid is not None and self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            for _ in range(100):
+                if not self.alive():
+                    break
+                time.sleep(0.1)
+        self.pid = None
+        _live.discard(self)
+
     def destroy(self, keep_log: bool = False) -> None:
         if self.pid is not None and self.alive():
             os.kill(self.pid, signal.SIGTERM)
@@ -263,6 +281,15 @@ class QemuMachine(Machine):
 
     def __init__(self, backend: QemuBackend, keep_on_failure: bool = False) -> None:
         super().__init__(backend, keep_on_failure)
+
+    def power_cycle(self, timeout: float | None = None) -> float:
+        """Cut the power (kill QEMU), start it again on the same disk, wait for ssh;
+        returns the seconds until ssh answered."""
+        self._close_master()
+        self.backend.power_cut()
+        log.info("vm %s: power cut", self.backend.describe())
+        self.backend.start()
+        return self.wait_ssh() if timeout is None else self.wait_ssh(timeout)
 
     def hard_reset(self) -> None:
         """Press the reset button (no clean shutdown): for fallback-boot scenarios."""
@@ -298,6 +325,12 @@ def boot(
     else:
         machine.start(timeout=timeout)
     return machine
+
+
+def release(backend: Backend) -> None:
+    """Let a VM outlive this process (``--keep``): no stop at exit."""
+    if isinstance(backend, QemuBackend):
+        _live.discard(backend)
 
 
 @atexit.register

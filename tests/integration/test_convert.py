@@ -158,9 +158,7 @@ def test_etc_equals_original(converted: dict[str, object]) -> None:
     assert guards <= set(etc)
     assert not diff_manifests(before["etc"], {k: v for k, v in etc.items() if k not in guards})
     usr_etc = manifest(dep / "usr/etc")
-    assert not diff_manifests(
-        before["etc"], {k: v for k, v in usr_etc.items() if k not in guards}
-    )
+    assert not diff_manifests(before["etc"], {k: v for k, v in usr_etc.items() if k not in guards})
     assert (dep / "etc/myapp/secret").stat().st_mode & 0o777 == 0o600
     assert "PermitRootLogin no" in (dep / "etc/ssh/sshd_config").read_text()
 

@@ -91,7 +91,11 @@ def test_kargs_inherited_from_fstab_and_grub(tmp_path: Path) -> None:
         "net.ifnames=0",
         "quiet",
         "splash",
+        "panic=30",
     )
+    (tmp_path / "etc/default/grub.d/y.cfg").write_text('GRUB_CMDLINE_LINUX="panic=5"\n')
+    kargs = inherited_kargs(tmp_path, live=False)
+    assert "panic=5" in kargs and "panic=30" not in kargs
 
 
 def test_tmpfiles_lines(tmp_path: Path) -> None:

@@ -83,6 +83,12 @@ def require_vm_host() -> None:
 
 
 @pytest.fixture(scope="session")
+def vm_host() -> None:
+    """Skips unless this machine can build and boot lab VMs."""
+    require_vm_host()
+
+
+@pytest.fixture(scope="session")
 def lab_image() -> Path:
     """The cached BIOS lab image (built on first use: about 2 minutes cold)."""
     require_vm_host()

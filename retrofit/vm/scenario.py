@@ -1,0 +1,376 @@
+"""The live-conversion scenario on a real VM: the project's main proof, and what
+``retrofit rehearse --vm`` runs for operators.
+
+A fresh copy-on-write overlay of a lab image boots → retrofit goes in from its
+``.deb`` → data is written to /home, /var/lib and /etc → ``retrofit preflight`` →
+``retrofit convert --yes`` on the live ``/`` → reboot (the new deployment boots once on
+trial and ``retrofit-health.service`` confirms it) → booted checks (``ostree=`` on
+the command line, read-only /usr, the booted deployment in ``ostree admin status``,
+nothing failed, data intact) → ``retrofit kargs --append quiet`` → reboot →
+``retrofit install htop`` → reboot (htop runs, the karg kept) → ``retrofit rollback``
+→ reboot (htop gone, data intact). Before that the "previous system (before retrofit)"
+menu entry is booted once (the old system, data visible), and at the end
+``retrofit cleanup --old-system`` removes it and the deployment boots again.
+
+``fallbacks=True`` adds the automatic fallbacks: a trial deployment whose health
+script fails, and one whose PID 1 exits (kernel panic, ``panic=`` reboots): each
+time the machine comes back on the previous deployment by itself and
+``retrofit status`` reports the failed trial.
+
+Every step is timed; the report is rehearse's (``retrofit/rehearse.py``): a table
+and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retrofit.errors import RetrofitError
+from retrofit.log import log
+from retrofit.rehearse import step
+from retrofit.run import Result
+from retrofit.vm.image import ImageSpec
+from retrofit.vm.machine import Machine
+
+DATA = {
+    "/home/vagrant/notes.txt": "written before the conversion\n",
+    "/var/lib/dbdemo/table.db": "row1|alpha\nrow2|beta\n",
+    "/etc/retrofit-demo.conf": "setting = kept\n",
+}
+MOTD_LINE = "retrofit demo motd"
+PROBE = "cat /proc/sys/kernel/random/boot_id /proc/cmdline; /usr/bin/retrofit status --json"
+SETTLE_TIMEOUT = 1200.0
+
+
+@dataclass
+class Settled:
+    """A boot whose trial has settled."""
+
+    boot_id: str
+    cmdline: str
+    trial: dict[str, Any]
+    health: dict[str, Any] | None
+    status: dict[str, Any]
+
+
+def install_deb(vm: Machine, deb: Path) -> str:
+    """``apt-get install`` retrofit's .deb in the guest (dependencies from the mirror)."""
+    vm.copy_in(deb, f"/tmp/{deb.name}")
+    vm.cmd(
+        "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
+        f" --no-install-recommends /tmp/{deb.name}",
+        timeout=900,
+    )
+    return vm.cmd("dpkg-query -W retrofit").stdout.strip()
+
+
+def write_data(vm: Machine) -> str:
+    for path, text in DATA.items():
+        owner = "vagrant" if path.startswith("/home/vagrant") else "root"
+        vm.cmd(
+            f"sudo mkdir -p $(dirname {path}) && sudo tee {path} >/dev/null"
+            f" && sudo chown {owner}: {path}",
+            input=text.encode(),
+        )
+    vm.cmd(f"echo '{MOTD_LINE}' | sudo tee -a /etc/motd >/dev/null; sync")
+    return f"{len(DATA) + 1} files in /home, /var/lib and /etc"
+
+
+def check_data(vm: Machine) -> str:
+    for path, text in DATA.items():
+        got = vm.cmd(f"sudo cat {path}", check=False).stdout
+        assert got == text, f"{path}: {got!r}, expected {text!r}"
+    assert MOTD_LINE in vm.cmd("cat /etc/motd").stdout, "the /etc/motd edit is gone"
+    return "home, /var/lib and /etc data intact"
+
+
+def booted_checks(vm: Machine) -> str:
+    cmdline = vm.cmd("cat /proc/cmdline").stdout
+    assert "ostree=" in cmdline, f"not booted into a deployment: {cmdline}"
+    opts = vm.cmd("findmnt -no OPTIONS /usr", check=False).stdout
+    ro = "ro" in opts.split(",") or (
+        vm.cmd("sudo touch /usr/.retrofit-rw-probe", check=False).returncode != 0
+    )
+    assert ro, f"/usr is writable: {opts!r}"
+    status = vm.cmd("sudo ostree admin status").stdout
+    assert any(line.startswith("* ") for line in status.splitlines()), status
+    vm.system_state(timeout=300)
+    failed = vm.failed_units()
+    assert failed == [], f"failed units: {failed}"
+    return "ostree= on the cmdline, /usr read-only, booted deployment, no failed units"
+
+
+def settled(vm: Machine, old_boot: str, want: str = "good", off: str | None = None) -> Settled:
+    """Wait, across the reboots the guest makes by itself, for a boot other than
+    ``old_boot`` whose trial has settled (not ``pending``); ``off``: a karg that must
+    not be on the command line (a failed trial's marker: back on the previous one)."""
+
+    def parse(r: Result) -> Settled | None:
+        try:
+            boot, cmdline, rest = r.stdout.split("\n", 2)
+            st = json.loads(rest)
+        except ValueError:
+            return None
+        t = st.get("trial") or {}
+        if boot == old_boot or t.get("state") in (None, "pending"):
+            return None
+        if off is not None and off in cmdline.split():
+            return None
+        return Settled(boot, cmdline, t, st.get("health"), st)
+
+    r = vm.settle(
+        PROBE, lambda r: parse(r) is not None, timeout=SETTLE_TIMEOUT, what=f"{want} trial"
+    )
+    got = parse(r)
+    assert got is not None
+    assert got.trial.get("state") == want, f"trial {got.trial.get('state')}: {got.trial}"
+    return got
+
+
+def reboot_settled(vm: Machine, want: str = "good", off: str | None = None) -> Settled:
+    return settled(vm, vm.request_reboot(), want, off)
+
+
+def _trial_text(g: Settled) -> str:
+    t = g.trial
+    return f"trial {t['state']} ({t.get('kind')}, {t.get('title')})" + (
+        f": {t['reason']}" if t.get("reason") else ""
+    )
+
+
+def run(
+    vm: Machine,
+    deb: Path,
+    report: dict[str, Any],
+    *,
+    fallbacks: bool = True,
+) -> dict[str, Any]:
+    """Run the scenario on a freshly booted ``vm``; steps go into ``report`` (the
+    first failing step ends the run)."""
+    facts: dict[str, Any] = {}
+    boots: list[float] = []
+    report.setdefault("boots", boots)
+
+    def timed_settle(fn: Any, *args: Any, **kwargs: Any) -> Settled:
+        t = time.monotonic()
+        g: Settled = fn(*args, **kwargs)
+        boots.append(round(time.monotonic() - t, 1))
+        facts["last"] = g
+        return g
+
+    def install() -> str:
+        return install_deb(vm, deb)
+
+    def preflight() -> str:
+        r = vm.cmd("sudo retrofit preflight --json", timeout=300, check=False)
+        data = json.loads(r.stdout)
+        assert r.returncode == 0, f"preflight blocks: {r.stdout[-500:]}"
+        return f"{len(data.get('checks', []))} checks, none blocking"
+
+    def convert() -> str:
+        r = vm.cmd("sudo retrofit convert --yes", timeout=2400)
+        tail = [ln for ln in r.stderr.splitlines() if ln.strip()][-1:]
+        return tail[0][:120] if tail else "converted"
+
+    def menu() -> str:
+        out = vm.cmd(
+            r"grep -E '^(menuentry|submenu)' /boot/grub/grub.cfg", sudo=True, check=False
+        ).stdout
+        assert "(ostree:0)" in out, f"no deployment in the GRUB menu:\n{out}"
+        assert "previous system (before retrofit)" in out, f"the old system left the menu:\n{out}"
+        return f"{out.count('menuentry')} menu entries, old system kept"
+
+    def trial_convert() -> str:
+        g = timed_settle(reboot_settled, vm)
+        assert g.trial.get("kind") == "convert", g.trial
+        assert g.health and g.health.get("ok"), f"health: {g.health}"
+        return _trial_text(g)
+
+    def status() -> str:
+        st = vm.status_json()
+        assert st.get("booted") == st["deployments"][0]["checksum"], st
+        rc = vm.cmd("test -x /usr/bin/retrofit && /usr/bin/retrofit --version", check=False)
+        assert rc.returncode == 0, "retrofit is not in the deployment's /usr"
+        return f"booted {str(st['booted'])[:12]}, {len(st['deployments'])} deployment(s)"
+
+    def previous_system() -> str:
+        title = vm.cmd(
+            r"sed -n \"s/^menuentry '\(previous system (before retrofit)[^']*\)'.*/\1/p\""
+            " /boot/grub/grub.cfg | head -n1",
+            sudo=True,
+        ).stdout.strip()
+        assert title, "no 'previous system (before retrofit)' entry in the menu"
+        vm.cmd(
+            "mount -o remount,bind,rw /boot && grub-reboot "
+            + shlex.quote(title)
+            + "; rc=$?; mount -o remount,bind,ro /boot; exit $rc",
+            sudo=True,
+        )
+        t = time.monotonic()
+        vm.reboot()
+        boots.append(round(time.monotonic() - t, 1))
+        cmdline = vm.cmd("cat /proc/cmdline").stdout
+        assert "ostree=" not in cmdline, f"not the old system: {cmdline}"
+        check_data(vm)
+        t = time.monotonic()
+        vm.reboot()
+        boots.append(round(time.monotonic() - t, 1))
+        back = vm.cmd("cat /proc/cmdline").stdout
+        assert "ostree=" in back, f"did not come back to the deployment: {back}"
+        return f"{title!r} booted (no ostree=), data visible; back on the deployment"
+
+    def kargs() -> str:
+        vm.cmd("sudo retrofit kargs --append quiet", timeout=900)
+        g = timed_settle(reboot_settled, vm)
+        assert "quiet" in g.cmdline.split(), f"quiet not on the cmdline: {g.cmdline}"
+        return "quiet on /proc/cmdline; " + _trial_text(g)
+
+    def layer() -> str:
+        vm.cmd("sudo retrofit install htop", timeout=1800)
+        g = timed_settle(reboot_settled, vm)
+        assert "quiet" in g.cmdline.split(), f"the karg did not survive install: {g.cmdline}"
+        ver = vm.cmd("htop --version").stdout.strip().splitlines()[0]
+        return f"{ver}; quiet kept; " + _trial_text(g)
+
+    def rollback() -> str:
+        vm.cmd("sudo retrofit rollback", timeout=900)
+        t = time.monotonic()
+        vm.reboot()
+        boots.append(round(time.monotonic() - t, 1))
+        gone = vm.cmd("command -v htop", check=False).returncode != 0
+        assert gone, "htop is still there after the rollback"
+        return "htop gone"
+
+    def fail_health() -> str:
+        vm.cmd(
+            "sudo install -D -m 0755 /dev/stdin /etc/retrofit/health.d/50-rehearse",
+            input=b"#!/bin/sh\necho 'rehearse: injected failure' >&2\nexit 1\n",
+        )
+        vm.cmd("sudo retrofit kargs --append retrofit.rehearse=health", timeout=900)
+        g = timed_settle(reboot_settled, vm, want="failed", off="retrofit.rehearse=health")
+        vm.cmd("sudo rm /etc/retrofit/health.d/50-rehearse")
+        assert "50-rehearse" in g.trial.get("reason", ""), g.trial
+        return "back on the previous deployment; " + _trial_text(g)
+
+    def fail_init() -> str:
+        vm.cmd("sudo retrofit kargs --append init=/bin/false", timeout=900)
+        g = timed_settle(reboot_settled, vm, want="failed", off="init=/bin/false")
+        assert "never reported" in g.trial.get("reason", ""), g.trial
+        text = vm.cmd("sudo retrofit status").stdout
+        assert "Trial boot: failed" in text, text
+        return "back on the previous deployment; " + _trial_text(g)
+
+    def cleanup_old() -> str:
+        out = vm.cmd("sudo retrofit cleanup --old-system", timeout=900).stdout
+        freed = out.strip().splitlines()[-2:] if out.strip() else []
+        menu = vm.cmd("grep -E '^(menuentry|submenu)' /boot/grub/grub.cfg", sudo=True).stdout
+        assert "previous system" not in menu, f"the old system is still in the menu:\n{menu}"
+        assert vm.cmd("test -e /sysroot/usr", check=False).returncode != 0, "old /usr is there"
+        t = time.monotonic()
+        vm.reboot()
+        boots.append(round(time.monotonic() - t, 1))
+        booted_checks(vm)
+        check_data(vm)
+        return "; ".join(freed) + "; booted the deployment again, data intact"
+
+    steps: list[tuple[str, Any]] = [
+        ("install retrofit .deb", install),
+        ("write data", lambda: write_data(vm)),
+        ("preflight", preflight),
+        ("convert (live /)", convert),
+        ("GRUB menu", menu),
+        ("reboot: conversion trial", trial_convert),
+        ("booted checks", lambda: booted_checks(vm)),
+        ("data intact", lambda: check_data(vm)),
+        ("retrofit status", status),
+        ("previous system entry boots", previous_system),
+        ("kargs --append quiet + reboot", kargs),
+        ("install htop + reboot", layer),
+        ("rollback + reboot", rollback),
+        ("data intact after rollback", lambda: check_data(vm)),
+    ]
+    if fallbacks:
+        steps += [
+            ("fallback: failing health script", fail_health),
+            ("fallback: broken init", fail_init),
+            ("data intact after fallbacks", lambda: check_data(vm)),
+        ]
+    steps.append(("cleanup --old-system + reboot", cleanup_old))
+    for name, fn in steps:
+        if not step(report, name, fn):
+            log.error("rehearse: %s failed; the steps after it did not run", name)
+            break
+    return report
+
+
+def build_deb(src: Path) -> Path:
+    """``make deb`` in a source checkout; the newest ``dist/retrofit_*_all.deb``."""
+    from retrofit.run import run
+
+    if not (src / "debian/control").exists() or not (src / "Makefile").exists():
+        raise RetrofitError(
+            f"rehearse: {src} is not a retrofit source checkout: no .deb to install in the VM",
+            hint="pass --deb retrofit_VERSION_all.deb (built by 'make deb' in a checkout)",
+        )
+    run(["make", "-C", str(src), "deb"])
+    debs = sorted((src / "dist").glob("retrofit_*_all.deb"), key=lambda p: p.stat().st_mtime)
+    if not debs:
+        raise RetrofitError("rehearse: 'make deb' produced no .deb", hint=f"see {src}/dist")
+    return debs[-1]
+
+
+def rehearse_vm(
+    deb: Path,
+    *,
+    image: Path | None = None,
+    firmware: str = "bios",
+    spec: ImageSpec | None = None,
+    keep: bool = False,
+    fallbacks: bool = True,
+) -> dict[str, Any]:
+    """Boot a fresh VM (an overlay of ``image``, default the cached lab image of
+    ``spec`` or of ``firmware``) and run the scenario; the VM goes unless ``keep``."""
+    from retrofit.vm import qemu
+    from retrofit.vm.image import build_image
+
+    if spec is not None:
+        firmware = spec.firmware
+
+    report: dict[str, Any] = {"apiVersion": 1, "target": "vm", "ok": True, "steps": []}
+    total = time.monotonic()
+    vm: Machine | None = None
+    holder: dict[str, Any] = {}
+
+    def img() -> str:
+        holder["image"] = image or build_image(spec or ImageSpec(firmware=firmware))
+        return str(holder["image"])
+
+    def boot() -> str:
+        holder["vm"] = qemu.boot(image=holder["image"], firmware=firmware, keep_on_failure=keep)
+        m: Machine = holder["vm"]
+        return f"{m.backend.describe()}, ssh after {m.boot_seconds or 0:.0f}s"
+
+    try:
+        if step(report, "lab image", img) and step(report, "boot fresh VM", boot):
+            vm = holder["vm"]
+            report["box"] = str(holder["image"])
+            run(vm, deb, report, fallbacks=fallbacks)
+    finally:
+        report["seconds"] = round(time.monotonic() - total, 1)
+        if vm is not None:
+            if not report["ok"]:
+                try:
+                    report["diagnostics"] = vm.diagnostics(lines=60)
+                except RetrofitError as exc:
+                    report["diagnostics"] = f"(none: {exc})"
+            if keep:
+                qemu.release(vm.backend)
+                report["kept"] = f"{vm.backend.describe()}, ssh -p {vm.backend.ssh_target().port}"
+            else:
+                vm.destroy()
+    return report
