@@ -24,6 +24,7 @@ and JSON.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -199,11 +200,9 @@ def run(
         return f"booted {str(st['booted'])[:12]}, {len(st['deployments'])} deployment(s)"
 
     def previous_system() -> str:
-        title = vm.cmd(
-            r"sed -n \"s/^menuentry '\(previous system (before retrofit)[^']*\)'.*/\1/p\""
-            " /boot/grub/grub.cfg | head -n1",
-            sudo=True,
-        ).stdout.strip()
+        menu = vm.cmd("cat /boot/grub/grub.cfg", sudo=True).stdout
+        found = re.search(r"^menuentry '(previous system \(before retrofit\)[^']*)'", menu, re.M)
+        title = found.group(1) if found else ""
         assert title, "no 'previous system (before retrofit)' entry in the menu"
         vm.cmd(
             "mount -o remount,bind,rw /boot && grub-reboot "

@@ -40,4 +40,4 @@ def test_live_conversion_scenario(lab_image: Path, lab: Any) -> None:
     assert report["ok"] and not failed, f"{failed[0]['step']}: {failed[0]['detail']}"
     names = [s["step"] for s in report["steps"]]
     # every step ran: a scenario cut short is a failure even if no step says so
-    assert names[-1] == "data intact after fallbacks", names
+    assert names[-1] == "cleanup --old-system + reboot", names
