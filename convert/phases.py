@@ -531,10 +531,7 @@ class Bootloader(Phase):
         if self.plan.update_grub and self.journal.status(self.name) != "pending":
             from grub import entries, trial
 
-            trial.abort(self.root)
-            for rel in (trial.TRIAL, trial.CONFIRMED):
-                if (self.root / rel).exists():
-                    (self.root / rel).unlink()
+            trial.reset(self.root)
             entries.remove_dropin(self._etc_roots())
             entries.restore(self.root)
             run(["grub-mkconfig", "-o", str(self.root / entries.GRUB_CFG)], stream=True)

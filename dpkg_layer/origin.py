@@ -215,6 +215,16 @@ def parse_keyfile(text: str) -> dict[str, dict[str, str]]:
     return out
 
 
+def render_keyfile(groups: Mapping[str, Mapping[str, str]]) -> str:
+    """The inverse of :func:`parse_keyfile` (values as GLib stores them, escaped)."""
+    lines: list[str] = []
+    for group, keys in groups.items():
+        lines.append(f"[{group}]")
+        lines += [f"{k}={v}" for k, v in keys.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def parse(text: str) -> Requests:
     return from_origin(parse_keyfile(text))
 

@@ -94,6 +94,14 @@ def abort(sysroot: Path) -> None:
     set_next_entry(sysroot, None)
 
 
+def reset(sysroot: Path) -> None:
+    """Forget every trial (``convert --revert``): marker, record, confirmation."""
+    abort(sysroot)
+    for rel in (TRIAL, CONFIRMED):
+        if (sysroot / rel).exists():
+            (sysroot / rel).unlink()
+
+
 def pending_kind(sysroot: Path) -> str | None:
     try:
         return (sysroot / PENDING).read_text().strip() or None

@@ -40,7 +40,9 @@ def edit_kargs(
             out = [a for a in out if _name(a) != d]
     for r in replace:
         if "=" not in r:
-            raise UsageError(f"kargs: --replace needs NAME=VALUE, not {r!r}")
+            raise UsageError(
+                f"kargs: --replace needs NAME=VALUE, not {r!r}", hint="--delete NAME removes it"
+            )
         name = _name(r)
         idx = [i for i, a in enumerate(out) if _name(a) == name]
         if not idx:
@@ -55,16 +57,8 @@ def edit_kargs(
     return out
 
 
-def _render_origin(origin: dict[str, dict[str, str]]) -> str:
-    lines: list[str] = []
-    for group, keys in origin.items():
-        lines.append(f"[{group}]")
-        lines += [f"{k}={v}" for k, v in keys.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
 def cmd_kargs(args: argparse.Namespace) -> int:
+    from dpkg_layer import origin as originmod
     from dpkg_layer import system
     from retrofit.deploy import deploy_with_merge
 
@@ -83,7 +77,7 @@ def cmd_kargs(args: argparse.Namespace) -> int:
         raise NothingToDo(f"kargs: {src.name} already has exactly these arguments")
     with system.locked(sysm, verb), system.workdir(sysm) as work:
         origin = work / "origin"
-        origin.write_text(_render_origin(src.origin))
+        origin.write_text(originmod.render_keyfile(src.origin))
         result = deploy_with_merge(
             sysm.sysroot, sysm.stateroot, src.checksum, kargs=new, origin_file=origin
         )
@@ -97,8 +91,7 @@ def cmd_kargs(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     from retrofit import health
 
-    sysroot = Path(args.sysroot)
-    root = Path("/") if str(sysroot) == "/" else sysroot
+    sysroot = root = Path(args.sysroot)
     cfg = health.Config.load(root)
     if args.timeout is not None:
         cfg.timeout = args.timeout

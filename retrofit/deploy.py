@@ -71,17 +71,12 @@ def deploy_with_merge(
     trial: bool = True,
 ) -> DeployResult:
     merged_from = merge_source(sysroot, stateroot)
-    argv = ["ostree", "admin", "deploy", f"--sysroot={sysroot}", f"--os={stateroot}"]
-    if kargs is not None:
-        argv += ["--karg-none", *(f"--karg-append={k}" for k in kargs)]
-    if origin_file is not None:
-        argv.append(f"--origin-file={origin_file}")
     on_trial = trial and grub_trial.enabled(sysroot)
     if on_trial:
         # the menu libostree writes below keeps the previous deployment the default
         grub_trial.prepare(sysroot, "deploy")
     try:
-        run([*argv, ref])
+        ot.deploy(sysroot, stateroot, ref, kargs, origin_file)
         new = ot.Sysroot(sysroot).deployments()[0]
         if new.stateroot != stateroot:
             raise RetrofitError(f"deploy: the new deployment of {ref} is not the default")

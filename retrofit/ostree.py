@@ -623,12 +623,15 @@ def deploy(
     sysroot: Path,
     stateroot: str,
     ref: str,
-    kargs: Sequence[str],
+    kargs: Sequence[str] | None,
     origin_file: Path | None = None,
 ) -> None:
-    argv = ["ostree", "admin", "deploy", f"--sysroot={sysroot}", f"--os={stateroot}", "--karg-none"]
-    # --karg-append: --karg keeps only the last of repeated names (console=tty0 console=ttyS0)
-    argv += [f"--karg-append={k}" for k in kargs]
+    """``ostree admin deploy``; ``kargs=None`` inherits the merge deployment's."""
+    argv = ["ostree", "admin", "deploy", f"--sysroot={sysroot}", f"--os={stateroot}"]
+    if kargs is not None:
+        # --karg-append: --karg keeps only the last of repeated names
+        # (console=tty0 console=ttyS0)
+        argv += ["--karg-none", *(f"--karg-append={k}" for k in kargs)]
     if origin_file is not None:
         argv.append(f"--origin-file={origin_file}")
     argv.append(ref)

@@ -153,16 +153,15 @@ def run(
 ) -> dict[str, Any]:
     """Run the scenario on a freshly booted ``vm``; steps go into ``report`` (the
     first failing step ends the run)."""
-    facts: dict[str, Any] = {}
     boots: list[float] = []
     report.setdefault("boots", boots)
 
-    def timed_settle(fn: Any, *args: Any, **kwargs: Any) -> Settled:
+    def timed(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a reboot (and its wait) and record how long it took."""
         t = time.monotonic()
-        g: Settled = fn(*args, **kwargs)
+        out = fn(*args, **kwargs)
         boots.append(round(time.monotonic() - t, 1))
-        facts["last"] = g
-        return g
+        return out
 
     def install() -> str:
         return install_deb(vm, deb)
@@ -187,7 +186,7 @@ def run(
         return f"{out.count('menuentry')} menu entries, old system kept"
 
     def trial_convert() -> str:
-        g = timed_settle(reboot_settled, vm)
+        g = timed(reboot_settled, vm)
         assert g.trial.get("kind") == "convert", g.trial
         assert g.health and g.health.get("ok"), f"health: {g.health}"
         return _trial_text(g)
@@ -210,37 +209,31 @@ def run(
             + "; rc=$?; mount -o remount,bind,ro /boot; exit $rc",
             sudo=True,
         )
-        t = time.monotonic()
-        vm.reboot()
-        boots.append(round(time.monotonic() - t, 1))
+        timed(vm.reboot)
         cmdline = vm.cmd("cat /proc/cmdline").stdout
         assert "ostree=" not in cmdline, f"not the old system: {cmdline}"
         check_data(vm)
-        t = time.monotonic()
-        vm.reboot()
-        boots.append(round(time.monotonic() - t, 1))
+        timed(vm.reboot)
         back = vm.cmd("cat /proc/cmdline").stdout
         assert "ostree=" in back, f"did not come back to the deployment: {back}"
         return f"{title!r} booted (no ostree=), data visible; back on the deployment"
 
     def kargs() -> str:
         vm.cmd("sudo retrofit kargs --append quiet", timeout=900)
-        g = timed_settle(reboot_settled, vm)
+        g = timed(reboot_settled, vm)
         assert "quiet" in g.cmdline.split(), f"quiet not on the cmdline: {g.cmdline}"
         return "quiet on /proc/cmdline; " + _trial_text(g)
 
     def layer() -> str:
         vm.cmd("sudo retrofit install htop", timeout=1800)
-        g = timed_settle(reboot_settled, vm)
+        g = timed(reboot_settled, vm)
         assert "quiet" in g.cmdline.split(), f"the karg did not survive install: {g.cmdline}"
         ver = vm.cmd("htop --version").stdout.strip().splitlines()[0]
         return f"{ver}; quiet kept; " + _trial_text(g)
 
     def rollback() -> str:
         vm.cmd("sudo retrofit rollback", timeout=900)
-        t = time.monotonic()
-        vm.reboot()
-        boots.append(round(time.monotonic() - t, 1))
+        timed(vm.reboot)
         gone = vm.cmd("command -v htop", check=False).returncode != 0
         assert gone, "htop is still there after the rollback"
         return "htop gone"
@@ -251,14 +244,14 @@ def run(
             input=b"#!/bin/sh\necho 'rehearse: injected failure' >&2\nexit 1\n",
         )
         vm.cmd("sudo retrofit kargs --append retrofit.rehearse=health", timeout=900)
-        g = timed_settle(reboot_settled, vm, want="failed", off="retrofit.rehearse=health")
+        g = timed(reboot_settled, vm, want="failed", off="retrofit.rehearse=health")
         vm.cmd("sudo rm /etc/retrofit/health.d/50-rehearse")
         assert "50-rehearse" in g.trial.get("reason", ""), g.trial
         return "back on the previous deployment; " + _trial_text(g)
 
     def fail_init() -> str:
         vm.cmd("sudo retrofit kargs --append init=/bin/false", timeout=900)
-        g = timed_settle(reboot_settled, vm, want="failed", off="init=/bin/false")
+        g = timed(reboot_settled, vm, want="failed", off="init=/bin/false")
         assert "never reported" in g.trial.get("reason", ""), g.trial
         text = vm.cmd("sudo retrofit status").stdout
         assert "Trial boot: failed" in text, text
@@ -270,9 +263,7 @@ def run(
         menu = vm.cmd("grep -E '^(menuentry|submenu)' /boot/grub/grub.cfg", sudo=True).stdout
         assert "previous system" not in menu, f"the old system is still in the menu:\n{menu}"
         assert vm.cmd("test -e /sysroot/usr", check=False).returncode != 0, "old /usr is there"
-        t = time.monotonic()
-        vm.reboot()
-        boots.append(round(time.monotonic() - t, 1))
+        timed(vm.reboot)
         booted_checks(vm)
         check_data(vm)
         return "; ".join(freed) + "; booted the deployment again, data intact"

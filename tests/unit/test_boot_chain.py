@@ -161,3 +161,14 @@ def test_trial_cancel_and_prepare(tmp_path: Path) -> None:
     assert trial.load(tmp_path)["state"] == "cancelled"  # type: ignore[index]
     with pytest.raises(ValueError):
         trial.prepare(tmp_path, "bogus")
+
+
+def test_trial_reset_forgets_everything(tmp_path: Path) -> None:
+    trial.prepare(tmp_path, "convert")
+    (tmp_path / trial.TRIAL).write_text(json.dumps({"state": "good", "kind": "convert"}))
+    (tmp_path / trial.CONFIRMED).write_text("{}")
+    trial.reset(tmp_path)
+    assert trial.pending_kind(tmp_path) is None
+    assert trial.load(tmp_path) is None
+    assert not (tmp_path / trial.CONFIRMED).exists()
+    trial.reset(tmp_path)  # nothing left: still fine
