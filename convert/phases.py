@@ -291,6 +291,14 @@ class Commit(Phase):
             initramfs.build(root, k["version"], initrd, self.staging / "initramfs-work")
             initrd.chmod(0o644)
             extras.append(ot.ExtraFile(f"{mod}/initramfs.img", source=initrd, link=True))
+            # the kernel's build configuration beside it, as Fedora's kernels have it:
+            # initramfs-tools reads it when it rebuilds the image in a later tree
+            kconfig = root / f"boot/config-{k['version']}"
+            if kconfig.is_file():
+                extras.append(ot.ExtraFile(f"{mod}/config", source=kconfig, link=True))
+            gen = initramfs.generator(root) or ""
+            stamp = initramfs.stamp_data(root, k["version"], gen)
+            extras.append(ot.ExtraFile(f"{mod}/{initramfs.STAMP}", data=stamp))
         extras += [
             ot.ExtraFile(initramfs.HOOK_PATH, data=initramfs.HOOK.encode(), mode=0o755),
             ot.ExtraFile(initramfs.SCRIPT_PATH, data=initramfs.SCRIPT.encode(), mode=0o755),

@@ -11,6 +11,7 @@ from pathlib import Path
 from gi.repository import GLib
 
 from dpkg_layer import accounts, dpkgrun, ostreeops, rofiles, varstate
+from grub import initramfs
 from retrofit import dpkgdb
 from retrofit import ostree as ot
 from retrofit.log import log
@@ -22,6 +23,7 @@ class Composed:
     installed: dict[str, dpkgdb.Package]
     var_lines: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    initramfs: list[str] = field(default_factory=list)  # kernels rebuilt, with why
 
     @property
     def checksum(self) -> str:
@@ -39,6 +41,9 @@ class Job:
     apt_upgrade: tuple[Path, Path, Path] | None = None  # lists, archives, etc/apt
     tmpfiles: str = varstate.LAYER_TMPFILES
     keep_tmpfiles: bool = False
+    # no packages change: only the initramfs is rebuilt (``retrofit initramfs``)
+    packages: bool = True
+    force_initramfs: bool = False
 
 
 def compose(
@@ -64,7 +69,9 @@ def compose(
     t0 = time.monotonic()
     with rofiles.copyup_mount(tree, sb.mnt):
         var_before = sb.snapshot_var(verb)
-        if job.apt_upgrade is not None:
+        if not job.packages:
+            out = ""
+        elif job.apt_upgrade is not None:
             lists, archives, etc_apt = job.apt_upgrade
             extra = [
                 ("ro-bind", str(lists), "/run/retrofit/lists"),
@@ -95,6 +102,10 @@ def compose(
     varstate.write_lines(tree, job.tmpfiles, lines, keep_existing=job.keep_tmpfiles)
     timings["dpkg"] = time.monotonic() - t0
     t0 = time.monotonic()
+    rebuilt = initramfs.refresh(tree, running_etc, work, verb, force=job.force_initramfs)
+    if rebuilt:
+        timings["initramfs"] = time.monotonic() - t0
+    t0 = time.monotonic()
     result = ostreeops.commit_dir(
         repo, tree, parent=base, subject=subject, metadata=metadata, devino=devino
     )
@@ -106,4 +117,4 @@ def compose(
         result.content_written,
         result.metadata_written,
     )
-    return Composed(result, installed, lines, timings)
+    return Composed(result, installed, lines, timings, rebuilt)

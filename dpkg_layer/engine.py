@@ -23,6 +23,7 @@ from dpkg_layer import origin as originmod
 from dpkg_layer.origin import Requests
 from dpkg_layer.resolve import Change, Resolution, Universe, resolve
 from dpkg_layer.system import DATABASE, META_BASE, META_SOURCE, System, workdir
+from grub import initramfs
 from retrofit import dpkgdb
 from retrofit import ostree as ot
 from retrofit.deploy import deploy_with_merge
@@ -265,6 +266,71 @@ def deploy(
     return result.deployment
 
 
+def initramfs_stale(system: System, commit: str) -> str | None:
+    """Why the initramfs in ``commit`` does not fit the running /etc any more (None:
+    it does, or the commit has no record of how it was built)."""
+    repo = system.repo()
+    kver = repo.commit_metadata(commit).get("ostree.linux")
+    if not kver:
+        return None
+    stamp = ostreeops.read_file(repo, commit, f"usr/lib/modules/{kver}/{initramfs.STAMP}")
+    return initramfs.stale_etc(stamp, system.default_root / "etc")
+
+
+def _initramfs_layer(
+    system: System,
+    commit: str,
+    work: Path,
+    metadata: dict[str, GLib.Variant],
+    force: bool,
+    verb: str,
+) -> compose.Composed:
+    """``commit`` again, only with its initramfs rebuilt (no package changes)."""
+    return compose.compose(
+        system.repo(),
+        commit,
+        work,
+        compose.Job(packages=False, force_initramfs=force),
+        running_etc=system.default_root / "etc",
+        image_etc=system.default_root / "usr/etc",
+        subject=f"retrofit initramfs rebuild on {commit[:12]}",
+        metadata=metadata,
+        verb=verb,
+    )
+
+
+def rebuild_initramfs(system: System, verb: str, force: bool = False) -> Outcome:
+    """A new deployment of exactly the default deployment's tree with its initramfs
+    rebuilt (when out of date, or always with ``force``): for a change to the
+    initramfs configuration in /etc. Later layers and upgrades rebuild it by
+    themselves when needed."""
+    repo = system.repo()
+    current = system.default.checksum
+    req = system.requests
+    stale = "asked to" if force else initramfs_stale(system, current)
+    if stale is None:
+        raise NothingToDo(
+            f"{verb}: the initramfs is up to date with /etc",
+            hint="--force rebuilds it anyway",
+        )
+    out = Outcome(req)
+    meta = dict(ostreeops.raw_metadata(repo, current))
+    meta.setdefault(META_BASE, ot.v_str(_base_of(repo, current)))
+    meta[META_SOURCE] = ot.v_str("layer")
+    with workdir(system) as work:
+        composed = _initramfs_layer(system, current, work, meta, force, verb)
+        if not composed.initramfs:
+            raise RetrofitError(
+                f"{verb}: the deployment has no kernel under /usr/lib/modules to build for",
+                hint="retrofit status shows the deployment; nothing was changed",
+            )
+        out.notes += [f"initramfs rebuilt for {k}" for k in composed.initramfs]
+        out.timings.update(composed.timings)
+        refs: dict[str, str | None] = {system.layered_ref: composed.checksum} if req.layered else {}
+        out.deployed = deploy(system, composed.checksum, req, work, refs).checksum
+    return out
+
+
 def _base_of(repo: ot.Repo, checksum: str) -> str:
     return str(repo.commit_metadata(checksum).get(META_BASE) or checksum)
 
@@ -284,8 +350,13 @@ def apply(
     refs: dict[str, str | None] | None = None,
     notes: list[str] | None = None,
     timings: dict[str, float] | None = None,
+    force_initramfs: bool = False,
 ) -> Outcome:
     """Build base + ``req`` and deploy it.
+
+    The initramfs of the result is rebuilt when what it is made from changed (its
+    configuration in the running /etc, the generator and its hooks) or when
+    ``force_initramfs``; without layered packages that makes a layer of its own.
 
     ``base``: the base commit (default: the current deployment's). ``explicit``: names
     the user asked for in this call (asking only for what the base already has is
@@ -319,10 +390,21 @@ def apply(
         out.changes = diff_versions(current, target)
         if dry_run:
             return out
-        if not req.layered:
+        stale = "asked to" if force_initramfs else initramfs_stale(system, base)
+        if not req.layered and stale is None:
             if base == system.default.checksum and not out.changes:
                 raise NothingToDo(f"{verb}: nothing to do: the deployment is already that")
             dep = deploy(system, base, req, work, refs)
+            out.deployed = dep.checksum
+            return out
+        if not req.layered:
+            log.info("%s: the initramfs must be rebuilt (%s): building a layer for it", verb, stale)
+            meta = layer_metadata(repo, base, req, Resolution())
+            composed = _initramfs_layer(system, base, work, meta, force_initramfs, verb)
+            timings.update(composed.timings)
+            notes += [f"initramfs rebuilt for {k}" for k in composed.initramfs]
+            out.objects_written = composed.commit.content_written
+            dep = deploy(system, composed.checksum, req, work, refs)
             out.deployed = dep.checksum
             return out
         t0 = time.monotonic()
@@ -334,6 +416,7 @@ def apply(
         job = compose.Job(
             purge=[c.name for c in res.removals],
             batches=[[files[i.name] for i in batch] for batch in res.batches],
+            force_initramfs=force_initramfs,
         )
         log.info("%s: building the layer: %s", verb, ", ".join(i.label for i in res.items) or "-")
         composed = compose.compose(
@@ -348,6 +431,7 @@ def apply(
             verb=verb,
         )
         timings.update(composed.timings)
+        notes += [f"initramfs rebuilt for {k}" for k in composed.initramfs]
         out.objects_written = composed.commit.content_written + composed.commit.metadata_written
         out.changes = diff_versions(current, installed_versions(composed.installed))
         t0 = time.monotonic()

@@ -12,10 +12,12 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from dpkg_layer import origin as originmod
 from retrofit import dpkgdb, layout
@@ -150,17 +152,42 @@ def load(sysroot: Path, verb: str) -> System:
 @contextmanager
 def locked(system: System, verb: str) -> Iterator[None]:
     """One layering operation at a time on a sysroot."""
-    system.state_dir.mkdir(parents=True, exist_ok=True)
-    path = system.state_dir / LOCK_NAME
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RetrofitError(
-                f"{verb}: another retrofit layering operation is running on {system.sysroot}",
-                hint=f"wait for it to finish (lock: {path})",
-            ) from None
+    with sysroot_lock(system.sysroot, verb):
         yield
+
+
+@contextmanager
+def sysroot_lock(sysroot: Path, verb: str, wait: float = 0.0) -> Iterator[bool]:
+    """The sysroot's operation lock (layering, rollback, kargs, and the health unit's
+    trial settling). ``wait`` > 0: wait that many seconds for it, then go on without
+    it (yields False) rather than fail; 0: fail at once when it is held."""
+    state_dir = sysroot / layout.STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOCK_NAME
+    deadline = time.monotonic() + wait
+    with open(path, "w") as f:
+        while not _try_lock(f):
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        else:
+            yield True
+            return
+        if wait > 0:
+            yield False
+            return
+        raise RetrofitError(
+            f"{verb}: another retrofit operation is running on {sysroot}",
+            hint=f"wait for it to finish (lock: {path})",
+        )
+
+
+def _try_lock(f: IO[str]) -> bool:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @contextmanager

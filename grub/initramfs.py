@@ -17,9 +17,11 @@ generator in a sandbox on the tree.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from retrofit.errors import RetrofitError
 from retrofit.log import log
@@ -72,26 +74,153 @@ def generator(root: Path) -> str | None:
     return None
 
 
-def cache_key(root: Path, kver: str, gen: str) -> str:
-    h = hashlib.sha256()
-    h.update(HOOK.encode() + SCRIPT.encode() + gen.encode() + kver.encode())
-    for rel in (f"boot/vmlinuz-{kver}", PREPARE_ROOT.lstrip("/")):
-        p = root / rel
-        if p.exists():
-            st = p.stat()
-            h.update(f"{rel}:{st.st_size}:{int(st.st_mtime)}".encode())
-    conf = root / ("etc/initramfs-tools" if gen == "initramfs-tools" else "etc/dracut.conf.d")
-    for dirpath, _dirs, files in sorted(os.walk(conf)):
-        for f in sorted(files):
-            p = Path(dirpath) / f
-            if p.is_file():
-                h.update(str(p.relative_to(root)).encode() + p.read_bytes())
-    return h.hexdigest()[:24]
+# What each deployment's initramfs was built from: written beside it in the commit,
+# so a later layer or ``retrofit initramfs`` sees when it must be rebuilt.
+STAMP = "retrofit-initramfs.json"
+# The parts of /etc an initramfs is made from, per generator (besides modprobe.d).
+ETC_INPUTS = {
+    "initramfs-tools": ("etc/initramfs-tools", "etc/modprobe.d"),
+    "dracut": ("etc/dracut.conf", "etc/dracut.conf.d", "etc/modprobe.d"),
+}
+# ... and the parts of /usr: the generator with its hooks and modules (a layered
+# package that ships a hook, such as lvm2 or cryptsetup-initramfs, changes them).
+USR_INPUTS = {
+    "initramfs-tools": ("usr/sbin/mkinitramfs", "usr/share/initramfs-tools"),
+    "dracut": ("usr/bin/dracut", "usr/lib/dracut"),
+}
 
 
-def build(root: Path, kver: str, out: Path, work: Path) -> str:
+def _hash_paths(h: Any, base: Path, rels: tuple[str, ...], prefix: str = "") -> None:
+    """Names, modes and contents (symlink targets) of everything under ``rels``."""
+    for rel in rels:
+        top = base / rel
+        if top.is_symlink() or top.is_file():
+            paths = [top]
+        elif top.is_dir():
+            paths = sorted(Path(d) / f for d, _dirs, files in os.walk(top) for f in files)
+        else:
+            h.update(f"{prefix}{rel}:absent\n".encode())
+            continue
+        for path in paths:
+            if path.name == HOOK_NAME:
+                continue  # retrofit's own hook: HOOK and SCRIPT stand for it
+            name = prefix + str(path.relative_to(base))
+            if path.is_symlink():
+                h.update(f"{name}->{os.readlink(path)}\n".encode())
+            elif path.is_file():
+                h.update(f"{name}:{path.stat().st_mode & 0o7777:o}:".encode())
+                with open(path, "rb") as f:
+                    h.update(hashlib.file_digest(f, "sha256").digest())
+
+
+def inputs(root: Path, kver: str, gen: str, etc: Path | None = None) -> dict[str, str]:
+    """Digests of what an initramfs for ``kver`` is built from: ``usr`` (the kernel's
+    modules list, ostree-prepare-root, the generator and its hooks, retrofit's hook)
+    and ``etc`` (the generator's configuration in ``etc``, default the tree's)."""
+    etc = etc if etc is not None else root / "etc"
+    usr = hashlib.sha256()
+    usr.update(HOOK.encode() + SCRIPT.encode() + gen.encode() + kver.encode())
+    mod = f"usr/lib/modules/{kver}"
+    _hash_paths(usr, root, (f"{mod}/modules.dep", PREPARE_ROOT.lstrip("/"), *USR_INPUTS[gen]))
+    return {"generator": gen, "usr": usr.hexdigest()[:24], "etc": etc_digest(etc, gen)}
+
+
+def etc_digest(etc: Path, gen: str) -> str:
+    """Digest of the generator's configuration under ``etc``."""
+    conf = hashlib.sha256()
+    _hash_paths(conf, etc, tuple(r[4:] for r in ETC_INPUTS[gen]), prefix="etc/")
+    return conf.hexdigest()[:24]
+
+
+def stale_etc(stamp: bytes | None, etc: Path) -> str | None:
+    """Why an initramfs recorded by ``stamp`` is out of date for the configuration
+    in ``etc`` (None: it is not, or it has no record: only a forced rebuild then)."""
+    try:
+        was = json.loads(stamp or b"")
+        gen = was["generator"]
+        if gen not in ETC_INPUTS:
+            return None
+    except (ValueError, KeyError, TypeError):
+        return None
+    if was.get("etc") != etc_digest(etc, gen):
+        return "its configuration in /etc changed"
+    return None
+
+
+def stamp_data(root: Path, kver: str, gen: str, etc: Path | None = None) -> bytes:
+    return (json.dumps(inputs(root, kver, gen, etc), sort_keys=True) + "\n").encode()
+
+
+def stale(stamp: bytes | None, now: dict[str, str]) -> str | None:
+    """Why an initramfs with ``stamp`` must be rebuilt for inputs ``now`` (None: it
+    need not)."""
+    if stamp is None:
+        return "it has no record of what it was built from"
+    try:
+        was = json.loads(stamp)
+    except ValueError:
+        return "its record is unreadable"
+    if not isinstance(was, dict):
+        return "its record is unreadable"
+    if was.get("generator") != now["generator"]:
+        return f"the generator changed ({was.get('generator')} -> {now['generator']})"
+    if was.get("usr") != now["usr"]:
+        return "the kernel modules, the generator or its hooks changed"
+    if was.get("etc") != now["etc"]:
+        return "its configuration in /etc changed"
+    return None
+
+
+def cache_key(root: Path, kver: str, gen: str, etc: Path | None = None) -> str:
+    d = inputs(root, kver, gen, etc)
+    return hashlib.sha256(f"{d['usr']}:{d['etc']}".encode()).hexdigest()[:24]
+
+
+def kernels(tree: Path) -> list[str]:
+    """Kernel versions with a ``vmlinuz`` in the tree's ``/usr/lib/modules``."""
+    mods = tree / "usr/lib/modules"
+    if not mods.is_dir():
+        return []
+    return sorted(d.name for d in mods.iterdir() if (d / "vmlinuz").is_file())
+
+
+def refresh(tree: Path, etc: Path, work: Path, verb: str, force: bool = False) -> list[str]:
+    """Rebuild the initramfs of each kernel in a composed ``tree`` (a hardlinked
+    checkout: files are replaced, never written in place) whose inputs changed, with
+    the configuration in ``etc`` (the running /etc); returns what was rebuilt, with
+    the reason."""
+    gen = generator(tree)
+    done: list[str] = []
+    if gen is None:
+        return done
+    for kver in kernels(tree):
+        mod = tree / "usr/lib/modules" / kver
+        stamp = mod / STAMP
+        now = inputs(tree, kver, gen, etc)
+        why = "asked to" if force else stale(stamp.read_bytes() if stamp.is_file() else None, now)
+        if why is None and (mod / "initramfs.img").is_file():
+            continue
+        why = why or "it is missing"
+        log.info("%s: rebuilding the initramfs for %s: %s", verb, kver, why)
+        out = work / f"initramfs-{kver}.img"
+        build(tree, kver, out, work / "initramfs-work", etc=etc)
+        out.chmod(0o644)
+        for name, src in (("initramfs.img", out), (STAMP, None)):
+            dest = mod / name
+            if dest.exists() or dest.is_symlink():
+                dest.unlink()  # a hardlink into the repository: replace, never write
+            if src is not None:
+                os.rename(src, dest)
+            else:
+                dest.write_bytes(stamp_data(tree, kver, gen, etc))
+        done.append(f"{kver} ({why})")
+    return done
+
+
+def build(root: Path, kver: str, out: Path, work: Path, etc: Path | None = None) -> str:
     """Build an initramfs for ``kver`` from the tree at ``root`` into ``out``, with
-    OSTree support, using the tree's own generator inside a read-only sandbox."""
+    OSTree support, using the tree's own generator inside a read-only sandbox; ``etc``
+    (default the tree's) is the configuration it reads as /etc."""
     gen = generator(root)
     if gen is None:
         raise RetrofitError(
@@ -104,7 +233,7 @@ def build(root: Path, kver: str, out: Path, work: Path) -> str:
             hint="the ostree-boot package provides it",
         )
     cache_dir = os.environ.get("RETROFIT_INITRAMFS_CACHE")
-    key = cache_key(root, kver, gen)
+    key = cache_key(root, kver, gen, etc)
     if cache_dir and (Path(cache_dir) / key).is_file():
         shutil.copyfile(Path(cache_dir) / key, out)
         log.info("initramfs: %s for %s from the cache", gen, kver)
@@ -112,16 +241,26 @@ def build(root: Path, kver: str, out: Path, work: Path) -> str:
     if work.exists():
         shutil.rmtree(work)
     (work / "out").mkdir(parents=True)
-    # reproducible: the same tree gives the same image (initramfs-tools honours it)
-    epoch = (
-        int((root / f"boot/vmlinuz-{kver}").stat().st_mtime)
-        if (root / f"boot/vmlinuz-{kver}").exists()
-        else 0
-    )
-    env = {"TMPDIR": "/tmp", "SOURCE_DATE_EPOCH": str(epoch)}
+    # reproducible: the same inputs give the same image (both generators honour it)
+    env = {"TMPDIR": "/tmp", "SOURCE_DATE_EPOCH": "0"}
+    ro_binds: list[tuple[str, str]] = []
+    if etc is not None and etc != root / "etc":
+        ro_binds.append((str(etc), "/etc"))  # a composed tree keeps usr/etc
+    # initramfs-tools checks the compressor against /boot/config-KVER; a composed
+    # tree keeps the kernel's configuration beside it in /usr/lib/modules/KVER
+    kconfig = root / f"usr/lib/modules/{kver}/config"
+    if not (root / f"boot/config-{kver}").is_file() and kconfig.is_file():
+        (work / "boot").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kconfig, work / f"boot/config-{kver}")
+        ro_binds.append((str(work / "boot"), "/boot"))
+    # mount points the tree lacks are made for the run and removed after it
+    made = [root / dest.lstrip("/") for _src, dest in ro_binds]
+    made = [m for m in made if not m.exists() and not m.is_symlink()]
+    for m in made:
+        m.mkdir()
     if gen == "initramfs-tools":
         conf = work / "conf"
-        shutil.copytree(root / "etc/initramfs-tools", conf, symlinks=True)
+        shutil.copytree((etc or root / "etc") / "initramfs-tools", conf, symlinks=True)
         (conf / "hooks").mkdir(exist_ok=True)
         (conf / "scripts/local-bottom").mkdir(parents=True, exist_ok=True)
         for path, text in (
@@ -144,7 +283,11 @@ def build(root: Path, kver: str, out: Path, work: Path) -> str:
         ]
         binds = [(str(work / "out"), "/tmp/out")]
     log.info("initramfs: building with %s for %s (ostree= support)", gen, kver)
-    run_in(root, argv, root_readonly=True, binds=binds, env=env)
+    try:
+        run_in(root, argv, root_readonly=True, ro_binds=ro_binds, binds=binds, env=env)
+    finally:
+        for m in made:
+            m.rmdir()
     shutil.move(str(work / "out/initramfs.img"), out)
     shutil.rmtree(work)
     if cache_dir:

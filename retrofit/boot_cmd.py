@@ -1,4 +1,5 @@
-"""``retrofit kargs`` and ``retrofit health``: the boot-chain verbs."""
+"""``retrofit kargs``, ``retrofit initramfs`` and ``retrofit health``: the boot-chain
+verbs."""
 
 from __future__ import annotations
 
@@ -88,6 +89,62 @@ def cmd_kargs(args: argparse.Namespace) -> int:
     return 0
 
 
+def initramfs_report(sysm: Any) -> list[dict[str, Any]]:
+    """Per kernel of the default deployment: the generator and whether its initramfs
+    fits the running /etc."""
+    from dpkg_layer import engine, ostreeops
+    from grub import initramfs
+
+    repo = sysm.repo()
+    commit = sysm.default.checksum
+    out = []
+    kver = repo.commit_metadata(commit).get("ostree.linux")
+    if kver:
+        stamp = ostreeops.read_file(repo, commit, f"usr/lib/modules/{kver}/{initramfs.STAMP}")
+        try:
+            gen = json.loads(stamp or b"{}").get("generator")
+        except ValueError:
+            gen = None
+        out.append(
+            {
+                "kernel": str(kver),
+                "generator": gen,
+                "recorded": stamp is not None,
+                "stale": engine.initramfs_stale(sysm, commit),
+            }
+        )
+    return out
+
+
+def cmd_initramfs(args: argparse.Namespace) -> int:
+    from dpkg_layer import engine, system
+
+    verb = "initramfs"
+    sysm = system.load(Path(args.sysroot), verb)
+    if args.force and not args.rebuild:
+        raise UsageError(f"{verb}: --force goes with --rebuild")
+    if not args.rebuild:
+        rows = initramfs_report(sysm)
+        if args.json:
+            print(json.dumps({"deployment": sysm.default.name, "kernels": rows}, indent=2))
+            return 0
+        for r in rows:
+            state = (
+                f"out of date: {r['stale']}"
+                if r["stale"]
+                else "up to date with /etc"
+                if r["recorded"]
+                else "no build record (older conversion): --rebuild --force makes one"
+            )
+            print(f"{r['kernel']}: {r['generator'] or '?'}, {state}")
+        return 0
+    with system.locked(sysm, verb):
+        out = engine.rebuild_initramfs(sysm, verb, force=args.force)
+    from retrofit.layer_cmd import _report
+
+    return _report(args, out, verb)
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     from retrofit import health
 
@@ -132,6 +189,25 @@ def register(sub: Any, add_parser: AddParser) -> None:
                     help="replace the value of an existing argument")  # fmt: skip
     sp.add_argument("--json", action="store_true", help="print the arguments as JSON")
     sp.set_defaults(func=cmd_kargs)
+
+    sp = add_parser(
+        "initramfs",
+        help="show or rebuild the deployment's initramfs",
+        description="Without options, say for each kernel of the default deployment "
+        "which generator built its initramfs and whether that still fits the "
+        "configuration in /etc (/etc/initramfs-tools, or /etc/dracut.conf.d, and "
+        "/etc/modprobe.d). --rebuild makes a new deployment of the same tree with the "
+        "initramfs rebuilt by the tree's own generator (initramfs-tools or dracut, "
+        "with OSTree support), when it is out of date (--force: always). install, "
+        "upgrade and the other layering verbs rebuild it by themselves when its "
+        "configuration, the generator or its hooks changed. The new deployment's "
+        "first boot is a trial (see retrofit health).",
+    )
+    sp.add_argument("--rebuild", action="store_true",
+                    help="rebuild it when out of date, as a new deployment")  # fmt: skip
+    sp.add_argument("--force", action="store_true", help="with --rebuild: even when up to date")
+    sp.add_argument("--json", action="store_true", help="print the result as JSON")
+    sp.set_defaults(func=cmd_initramfs)
 
     sp = add_parser(
         "health",

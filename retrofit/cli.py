@@ -125,26 +125,39 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
-BOXES = {"bios": "bios", "uefi": "uefi"}
+# The built-in boxes: lab images built from Debian's mirror and cached.
+BOXES: dict[str, dict[str, Any]] = {
+    "bios": {},
+    "uefi": {"firmware": "uefi"},
+    "bios-boot": {"separate_boot": True},
+    "uefi-boot": {"firmware": "uefi", "separate_boot": True},
+    "bios-dracut": {"initramfs": "dracut"},
+}
 
 
 def _rehearse_vm(args: argparse.Namespace) -> dict[str, Any]:
     from retrofit.vm import scenario
+    from retrofit.vm.image import ImageSpec
 
     box = args.box or "bios"
-    image = None
-    firmware = BOXES.get(box)
-    if firmware is None:
+    image, spec = None, None
+    if box in BOXES:
+        spec = ImageSpec(**BOXES[box])
+    else:
         image = Path(box)
         if not image.is_file():
             raise UsageError(
                 f"rehearse: --box {box}: neither a built-in box nor an image file",
                 hint=f"use one of {', '.join(BOXES)} or the path of a qcow2 disk image",
             )
-        firmware = args.firmware
     deb = Path(args.deb) if args.deb else scenario.build_deb(Path(__file__).resolve().parents[1])
     return scenario.rehearse_vm(
-        deb, image=image, firmware=firmware, keep=args.keep, fallbacks=not args.no_fallbacks
+        deb,
+        image=image,
+        firmware=args.firmware,
+        spec=spec,
+        keep=args.keep,
+        fallbacks=not args.no_fallbacks,
     )
 
 
@@ -263,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
         "report (a minute or two). With --vm or --box: boot a throwaway Debian 12 VM under "
         "QEMU (KVM when usable, TCG otherwise), install retrofit's .deb in it, write data, "
         "convert the live system, reboot into the deployment (a trial boot the health "
-        "check confirms), then kargs, install htop, rollback, and the automatic fallbacks "
+        "check confirms), then kargs, install htop, rollback, an upgrade to a newer "
+        "retrofit package, and the automatic fallbacks "
         "from a failing health check and a broken init, each across real reboots "
         "(about 20 minutes under TCG). The report lists each step with its result and "
         "time, as a table or --json.",
@@ -278,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--box",
         metavar="B",
         help=f"rehearse on a VM booted from box B: {', '.join(BOXES)} (built and cached "
-        "from Debian's mirror; default bios) or the path of a qcow2 disk image",
+        "from Debian's mirror; -boot: /boot on its own partition; -dracut: a dracut "
+        "initramfs; default bios) or the path of a qcow2 disk image",
     )
     sp.add_argument(
         "--firmware",

@@ -34,6 +34,8 @@ from retrofit.log import log
 CONF = Path("etc/retrofit/health.conf")
 SCRIPTS = Path("etc/retrofit/health.d")
 RECORD = layout.STATE_DIR / "health.json"
+# How long the health unit waits for a running retrofit operation before settling.
+LOCK_WAIT = 300.0
 
 
 @dataclass
@@ -163,7 +165,22 @@ class BootOutcome:
 
 
 def at_boot(sysroot: Path, root: Path, cfg: Config) -> BootOutcome:
-    """The health run of ``retrofit-health.service``: check, record, settle the trial."""
+    """The health run of ``retrofit-health.service``: check, record, settle the trial.
+
+    The checks run first (they wait for start-up to finish); the trial is then settled
+    under the sysroot's operation lock, so an operator's ``retrofit rollback`` or
+    ``install`` at the same moment waits for it (or fails with a clear message)
+    instead of racing the menu and deployment order."""
+    from dpkg_layer.system import sysroot_lock
+
+    checks = check(root, cfg)
+    with sysroot_lock(sysroot, "health", wait=LOCK_WAIT) as got:
+        if not got:
+            log.warning("health: another retrofit operation holds the lock; settling anyway")
+        return _settle(sysroot, checks, cfg)
+
+
+def _settle(sysroot: Path, checks: list[Check], cfg: Config) -> BootOutcome:
     booted = booted_deployment(sysroot)
     t = trial.load(sysroot)
     pending = t is not None and t.get("state") == "pending"
@@ -176,7 +193,6 @@ def at_boot(sysroot: Path, root: Path, cfg: Config) -> BootOutcome:
             )
             t = trial.fail(sysroot, reason, booted)
             pending = False
-    checks = check(root, cfg)
     record(sysroot, checks, booted)
     if not pending:
         return BootOutcome(checks, t, False)

@@ -49,7 +49,6 @@ LAB_USER = "vagrant"
 
 BASE_PACKAGES: tuple[str, ...] = (
     "linux-image-amd64",
-    "initramfs-tools",
     "udev",
     "systemd-sysv",
     "systemd-resolved",
@@ -79,6 +78,9 @@ RETROFIT_RUNTIME_PACKAGES: tuple[str, ...] = (
     "python3-merge3",
     "rsync",
 )
+# The initramfs generator is part of the spec: Debian's default or dracut (which
+# conflicts with it), so the boot chain is proven with both.
+INITRAMFS_GENERATORS = ("initramfs-tools", "dracut")
 FIRMWARE_PACKAGES = {
     "bios": ("grub-pc",),
     "uefi": ("grub-efi-amd64", "dosfstools", "mtools"),
@@ -99,7 +101,8 @@ class ImageSpec:
     (GPT with BIOS gets a 1 MiB bios_grub partition). ``separate_boot`` puts /boot
     on its own ext4 partition, as many servers have. ``initramfs_modules`` is
     ``list`` (a small initramfs for the lab's virtio hardware: faster boots) or
-    ``most`` (Debian's default, as on a real server).
+    ``most`` (Debian's default, as on a real server). ``initramfs`` is the generator:
+    ``initramfs-tools`` (Debian's default) or ``dracut``.
     """
 
     suite: str = "bookworm"
@@ -108,6 +111,7 @@ class ImageSpec:
     separate_boot: bool = False
     size_gib: int = 10
     initramfs_modules: str = "list"
+    initramfs: str = "initramfs-tools"
     extra_packages: tuple[str, ...] = ()
     hostname: str = "retrofit-lab"
     mirror: str = DEFAULT_MIRROR
@@ -126,6 +130,11 @@ class ImageSpec:
                 f"vm image: unknown initramfs_modules {self.initramfs_modules!r}",
                 hint="use 'list' or 'most'",
             )
+        if self.initramfs not in INITRAMFS_GENERATORS:
+            raise RetrofitError(
+                f"vm image: unknown initramfs generator {self.initramfs!r}",
+                hint="use 'initramfs-tools' or 'dracut'",
+            )
         if self.firmware == "uefi" and self.table == "msdos":
             raise RetrofitError(
                 "vm image: a UEFI image needs a GPT partition table", hint="use table='gpt'"
@@ -140,11 +149,14 @@ class ImageSpec:
         parts = ["debian", self.suite, self.firmware, self.partition_table]
         if self.separate_boot:
             parts.append("boot")
+        if self.initramfs != "initramfs-tools":
+            parts.append(self.initramfs)
         return "-".join(parts)
 
     def tree(self) -> TreeSpec:
         packages = (
             BASE_PACKAGES
+            + (self.initramfs,)
             + RETROFIT_RUNTIME_PACKAGES
             + FIRMWARE_PACKAGES[self.firmware]
             + tuple(self.extra_packages)
@@ -158,11 +170,14 @@ class ImageSpec:
         )
 
     def key(self) -> str:
+        spec = asdict(self)
+        if spec["initramfs"] == "initramfs-tools":
+            del spec["initramfs"]  # added later: the default keeps the older cache keys
         blob = json.dumps(
             {
                 "v": IMAGE_BUILDER_VERSION,
                 "tree": self.tree().key(),
-                "spec": asdict(self),
+                "spec": spec,
                 "table": self.partition_table,
             },
             sort_keys=True,
@@ -234,6 +249,17 @@ nls_cp437
 nls_ascii
 """
 
+# dracut in a chroot must not look at the build host: a generic image, and for the
+# lab's MODULES=list equivalent only the drivers its virtual hardware needs.
+DRACUT_CONF = 'hostonly="no"\n'
+DRACUT_LIST_CONF = (
+    DRACUT_CONF
+    + 'drivers=" '
+    + " ".join(INITRAMFS_MODULES.split())
+    + ' "\n'
+    + 'filesystems=" ext4 vfat "\n'
+)
+
 GRUB_DEFAULTS = """\
 # retrofit VM lab: boot messages and a login on the serial console.
 GRUB_TIMEOUT=1
@@ -281,7 +307,13 @@ def customize_hooks(spec: ImageSpec) -> tuple[str, ...]:
         'chroot "$1" systemctl disable e2scrub_reap.service',
         _write_hook("/etc/default/grub.d/50-retrofit-lab.cfg", GRUB_DEFAULTS),
     ]
-    if spec.initramfs_modules != "most":
+    if spec.initramfs == "dracut":
+        conf = DRACUT_LIST_CONF if spec.initramfs_modules != "most" else DRACUT_CONF
+        hooks += [
+            _write_hook("/etc/dracut.conf.d/50-retrofit-lab.conf", conf),
+            'chroot "$1" dracut --force --regenerate-all',
+        ]
+    elif spec.initramfs_modules != "most":
         hooks += [
             _write_hook("/etc/initramfs-tools/conf.d/50-retrofit-lab.conf", INITRAMFS_CONF),
             _write_hook("/etc/initramfs-tools/modules", INITRAMFS_MODULES),

@@ -42,14 +42,6 @@ _ALL_CODES = tuple(range(256))
 TIMEOUT_CODES = (124, 137)
 SSH_ERROR = 255
 
-REPO_PARTS = ("pyproject.toml", "retrofit", "convert", "dpkg_layer", "grub", "playbooks")
-GUEST_SRC = "/usr/local/src/retrofit"
-WRAPPER = f"""#!/bin/sh
-# retrofit from the source tree synced into the rehearsal VM
-PYTHONPATH={GUEST_SRC}${{PYTHONPATH:+:$PYTHONPATH}} exec /usr/bin/python3 \\
-    -c 'import sys; from retrofit.cli import main; sys.exit(main())' "$@"
-"""
-
 
 class VMError(RetrofitError):
     """A VM failed to boot, answer, or run a command."""
@@ -376,25 +368,19 @@ class Machine:
         owner = "" if sudo else " --no-same-owner"
         self.cmd(f"mkdir -p {q} && tar -x{owner} -f - -C {q}", sudo=sudo, input=buf.getvalue())
 
-    def install_retrofit(self, repo: str | os.PathLike[str]) -> None:
-        """Put the source tree at /usr/local/src/retrofit and /usr/local/bin/retrofit."""
-        repo = Path(repo)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for part in REPO_PARTS:
-                if (repo / part).exists():
-                    tar.add(str(repo / part), arcname=part, filter=_no_caches)
-        src = shlex.quote(GUEST_SRC)
+    def install_deb(self, deb: str | os.PathLike[str]) -> str:
+        """``apt-get install`` a retrofit ``.deb`` (built by ``make deb``) in the guest,
+        its dependencies from the guest's mirror; returns ``dpkg-query -W retrofit``.
+        The way retrofit goes onto servers, so the lab does it the same way."""
+        deb = Path(deb)
+        self.copy_in(deb, f"/tmp/{deb.name}")
         self.cmd(
-            f"rm -rf {src} && mkdir -p {src} && tar -x -f - -C {src}",
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
+            f" --no-install-recommends /tmp/{shlex.quote(deb.name)}",
             sudo=True,
-            input=buf.getvalue(),
+            timeout=900,
         )
-        self.cmd(
-            f"printf %s {shlex.quote(WRAPPER)} > /usr/local/bin/retrofit"
-            " && chmod 0755 /usr/local/bin/retrofit",
-            sudo=True,
-        )
+        return self.cmd("dpkg-query -W retrofit").stdout.strip()
 
     # --- diagnostics --------------------------------------------------------------
 
@@ -422,15 +408,6 @@ class Machine:
             log.error("%s", self.diagnostics(journal=journal))
         except Exception as exc:  # diagnostics must never hide the original error
             log.error("vm: could not collect diagnostics: %s", exc)
-
-
-def _no_caches(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    name = os.path.basename(info.name)
-    if name in ("__pycache__", ".mypy_cache", ".pytest_cache") or name.endswith(".pyc"):
-        return None
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    return info
 
 
 def boot(backend: str = "qemu", **options: Any) -> Machine:

@@ -8,9 +8,14 @@ trial and ``retrofit-health.service`` confirms it) → booted checks (``ostree=`
 the command line, read-only /usr, the booted deployment in ``ostree admin status``,
 nothing failed, data intact) → ``retrofit kargs --append quiet`` → reboot →
 ``retrofit install htop`` → reboot (htop runs, the karg kept) → ``retrofit rollback``
-→ reboot (htop gone, data intact). Before that the "previous system (before retrofit)"
-menu entry is booted once (the old system, data visible), and at the end
-``retrofit cleanup --old-system`` removes it and the deployment boots again.
+→ reboot (htop gone, data intact) → ``retrofit upgrade`` against a package repository
+served in the guest that carries a newer retrofit (the same package, version bumped)
+→ reboot (the new version is in the deployment's /usr and ``/usr/bin/retrofit status``
+runs from it) → an initramfs setting changed in /etc, ``retrofit initramfs --rebuild``
+→ reboot (the trial boot of the rebuilt image is confirmed). Before that the
+"previous system (before retrofit)" menu entry is booted once (the old system, data
+visible), and at the end ``retrofit cleanup --old-system`` removes it and the
+deployment boots again.
 
 ``fallbacks=True`` adds the automatic fallbacks: a trial deployment whose health
 script fails, and one whose PID 1 exits (kernel panic, ``panic=`` reboots): each
@@ -23,9 +28,12 @@ and JSON.
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import json
 import re
 import shlex
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,15 +67,87 @@ class Settled:
     status: dict[str, Any]
 
 
-def install_deb(vm: Machine, deb: Path) -> str:
-    """``apt-get install`` retrofit's .deb in the guest (dependencies from the mirror)."""
-    vm.copy_in(deb, f"/tmp/{deb.name}")
-    vm.cmd(
-        "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
-        f" --no-install-recommends /tmp/{deb.name}",
-        timeout=900,
+REPO_DIR = "/var/local/retrofit-rehearse-repo"
+REPO_PORT = 8765
+REPO_LIST = "/etc/apt/sources.list.d/retrofit-rehearse.list"
+BUMP_SUFFIX = "+rehearse1"
+
+
+def bump_deb(deb: Path, out_dir: Path, suffix: str = BUMP_SUFFIX) -> tuple[Path, str]:
+    """The same package with ``suffix`` appended to its version (what an upgrade of
+    retrofit itself looks like to apt); returns the new file and version."""
+    from retrofit.run import output, run
+
+    tree = out_dir / "tree"
+    run(["dpkg-deb", "-R", str(deb), str(tree)])
+    control = tree / "DEBIAN/control"
+    old = output(["dpkg-deb", "-f", str(deb), "Version"]).strip()
+    new = old + suffix
+    text = control.read_text()
+    control.write_text(re.sub(r"^Version: .*$", f"Version: {new}", text, count=1, flags=re.M))
+    name = output(["dpkg-deb", "-f", str(deb), "Package"]).strip()
+    arch = output(["dpkg-deb", "-f", str(deb), "Architecture"]).strip()
+    out = out_dir / f"{name}_{new}_{arch}.deb"
+    run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(out)])
+    return out, new
+
+
+def repo_index(debs: list[Path], out_dir: Path) -> list[Path]:
+    """A flat apt repository's ``Packages`` and ``Release`` for ``debs`` (which sit
+    beside them), the way dpkg-scanpackages and apt-ftparchive write them."""
+    from retrofit.run import output
+
+    def sha256(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    stanzas = []
+    for deb in debs:
+        data = deb.read_bytes()
+        control = output(["dpkg-deb", "-f", str(deb)]).rstrip("\n")
+        stanzas.append(
+            f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\nSHA256: {sha256(data)}\n"
+        )
+    packages = "\n".join(stanzas).encode()
+    (out_dir / "Packages").write_bytes(packages)
+    release = (
+        "Origin: retrofit-rehearse\nLabel: retrofit-rehearse\nSuite: rehearse\n"
+        f"Codename: rehearse\nDate: {email.utils.formatdate(usegmt=True)}\n"
+        f"SHA256:\n {sha256(packages)} {len(packages)} Packages\n"
     )
-    return vm.cmd("dpkg-query -W retrofit").stdout.strip()
+    (out_dir / "Release").write_text(release)
+    return [out_dir / "Packages", out_dir / "Release"]
+
+
+def serve_repo(vm: Machine, files: list[Path]) -> str:
+    """Put ``files`` into a repository directory in the guest, serve it over HTTP on
+    the guest's loopback (a transient unit) and add it to apt's sources; returns the
+    source line. :func:`unserve_repo` takes it away again."""
+    vm.cmd(f"sudo mkdir -p {REPO_DIR}")
+    for f in files:
+        vm.copy_in(f, f"{REPO_DIR}/{f.name}")
+    vm.cmd(
+        "sudo systemd-run --unit=retrofit-rehearse-repo --property=DynamicUser=yes"
+        f" /usr/bin/python3 -m http.server --bind 127.0.0.1 --directory {REPO_DIR}"
+        f" {REPO_PORT}"
+    )
+    url = f"http://127.0.0.1:{REPO_PORT}/"
+    vm.settle(
+        f"python3 -c 'import urllib.request; urllib.request.urlopen(\"{url}Release\")'",
+        lambda r: r.returncode == 0,
+        timeout=60,
+        what="the rehearsal repository",
+    )
+    line = f"deb [trusted=yes] {url} ./"
+    vm.cmd(f"sudo tee {REPO_LIST} >/dev/null", input=(line + "\n").encode())
+    return line
+
+
+def unserve_repo(vm: Machine) -> None:
+    vm.cmd(
+        f"sudo rm -f {REPO_LIST}; sudo systemctl stop retrofit-rehearse-repo;"
+        f" sudo rm -rf {REPO_DIR}",
+        check=False,
+    )
 
 
 def write_data(vm: Machine) -> str:
@@ -164,7 +244,7 @@ def run(
         return out
 
     def install() -> str:
-        return install_deb(vm, deb)
+        return vm.install_deb(deb)
 
     def preflight() -> str:
         r = vm.cmd("sudo retrofit preflight --json", timeout=300, check=False)
@@ -238,6 +318,50 @@ def run(
         assert gone, "htop is still there after the rollback"
         return "htop gone"
 
+    def upgrade() -> str:
+        with tempfile.TemporaryDirectory(prefix="retrofit-rehearse-") as tmp:
+            newer, version = bump_deb(deb, Path(tmp))
+            repo = Path(tmp) / "repo"
+            repo.mkdir()
+            newer = newer.rename(repo / newer.name)
+            serve_repo(vm, [newer, *repo_index([newer], repo)])
+        try:
+            r = vm.cmd("sudo retrofit upgrade", timeout=2400)
+        finally:
+            unserve_repo(vm)
+        g = timed(reboot_settled, vm)
+        assert g.trial.get("kind") == "deploy", g.trial
+        got = vm.cmd("dpkg-query -W -f '${Version}' retrofit").stdout.strip()
+        assert got == version, f"retrofit {got} in the deployment, expected {version}"
+        st = vm.cmd("/usr/bin/retrofit status", sudo=True, check=False)
+        assert st.returncode == 0, f"/usr/bin/retrofit status failed: {st.stderr[-300:]}"
+        assert "quiet" in g.cmdline.split(), f"the karg did not survive upgrade: {g.cmdline}"
+        changed = [ln for ln in r.stdout.splitlines() if "retrofit" in ln][:1]
+        return (
+            f"retrofit {version} in /usr; /usr/bin/retrofit status runs; "
+            + (changed[0].strip() + "; " if changed else "")
+            + _trial_text(g)
+        )
+
+    def initramfs() -> str:
+        # a setting the image is built from, in the generator's own /etc place
+        dracut = vm.cmd("test -x /usr/bin/dracut", check=False).returncode == 0
+        conf, text = (
+            ("/etc/dracut.conf.d/90-rehearse.conf", 'compress="gzip"\n')
+            if dracut
+            else ("/etc/initramfs-tools/conf.d/90-rehearse.conf", "COMPRESS=gzip\n")
+        )
+        vm.cmd(f"sudo tee {conf} >/dev/null", input=text.encode())
+        rows = json.loads(vm.cmd("sudo retrofit initramfs --json").stdout)["kernels"]
+        assert rows and rows[0]["stale"], f"the changed setting went unnoticed: {rows}"
+        r = vm.cmd("sudo retrofit initramfs --rebuild", timeout=1800)
+        assert "initramfs rebuilt" in r.stderr, r.stderr[-500:]
+        g = timed(reboot_settled, vm)
+        rows = json.loads(vm.cmd("sudo retrofit initramfs --json").stdout)["kernels"]
+        assert not rows[0]["stale"], rows
+        booted_checks(vm)
+        return f"{rows[0]['generator']}: rebuilt for {conf}; " + _trial_text(g)
+
     def fail_health() -> str:
         vm.cmd(
             "sudo install -D -m 0755 /dev/stdin /etc/retrofit/health.d/50-rehearse",
@@ -283,6 +407,8 @@ def run(
         ("install htop + reboot", layer),
         ("rollback + reboot", rollback),
         ("data intact after rollback", lambda: check_data(vm)),
+        ("upgrade (newer retrofit) + reboot", upgrade),
+        ("initramfs setting + rebuild + reboot", initramfs),
     ]
     if fallbacks:
         steps += [

@@ -422,3 +422,64 @@ def test_uninstall_override_and_cleanup(tree: Path) -> None:
     assert len(rep["removed_local_debs"]) == 1
     fsck(tree)
     rf("cleanup", "--sysroot", str(tree), ok=(77,))
+
+
+def _initramfs(tree: Path) -> dict[str, object]:
+    rows = json.loads(rf("initramfs", "--sysroot", str(tree), "--json").stdout)["kernels"]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def _image(root: Path, kver: str) -> bytes:
+    return (root / f"usr/lib/modules/{kver}/initramfs.img").read_bytes()
+
+
+def _lsinitramfs(root: Path, kver: str) -> str:
+    """The image's file list, by the tree's own lsinitramfs (in a read-only sandbox)."""
+    from retrofit.sandbox import run_in
+
+    img = f"/usr/lib/modules/{kver}/initramfs.img"
+    return run_in(root, ["lsinitramfs", img], root_readonly=True).stdout
+
+
+def test_initramfs_follows_etc(tree: Path, debs: Path) -> None:
+    """An initramfs setting changed in /etc: `initramfs` says the image is out of
+    date, `--rebuild` deploys the same tree with a rebuilt image (the setting in it),
+    and a later install keeps it rebuilt by itself."""
+    from grub import initramfs
+
+    row = _initramfs(tree)
+    assert row["generator"] == "initramfs-tools" and row["recorded"] and not row["stale"], row
+    rf("initramfs", "--rebuild", "--sysroot", str(tree), ok=(77,))
+    kver = str(row["kernel"])
+    before = deployments(tree)[0]
+    old = _image(Path(before.path), kver)
+    conf = Path(before.path) / "etc/initramfs-tools/conf.d/90-retrofit-test.conf"
+    conf.write_text("COMPRESS=gzip\n")
+    row = _initramfs(tree)
+    assert row["stale"] == "its configuration in /etc changed", row
+
+    r = rf("initramfs", "--rebuild", "--sysroot", str(tree))
+    assert f"initramfs rebuilt for {kver}" in r.stderr, r.stderr
+    new = deployments(tree)[0]
+    assert new.checksum != before.checksum
+    assert new.origin_refspec == before.origin_refspec  # nothing layered: still the base's
+    root = Path(new.path)
+    assert _image(root, kver) != old
+    listing = _lsinitramfs(root, kver)
+    assert "conf/conf.d/90-retrofit-test.conf" in listing  # built with the /etc setting
+    assert "usr/lib/ostree/ostree-prepare-root" in listing
+    assert f"scripts/local-bottom/{initramfs.HOOK_NAME}" in listing
+    stamp = json.loads((root / f"usr/lib/modules/{kver}/{initramfs.STAMP}").read_text())
+    assert stamp["etc"] == initramfs.etc_digest(root / "etc", "initramfs-tools")
+    assert not _initramfs(tree)["stale"]
+    rf("initramfs", "--rebuild", "--sysroot", str(tree), ok=(77,))
+
+    # a layer is built from the base, whose image is the old one: rebuilt by itself
+    deb = make_deb(debs, "tinytool", files={"usr/share/tinytool/README": "tiny\n"})
+    r = rf("install", "--sysroot", str(tree), str(deb))
+    assert f"initramfs rebuilt for {kver}" in r.stderr, r.stderr
+    layered = Path(deployments(tree)[0].path)
+    assert "conf/conf.d/90-retrofit-test.conf" in _lsinitramfs(layered, kver)
+    assert not _initramfs(tree)["stale"]
+    fsck(tree)  # images were replaced in the hardlinked checkouts, never written in place

@@ -172,3 +172,29 @@ def test_trial_reset_forgets_everything(tmp_path: Path) -> None:
     assert trial.load(tmp_path) is None
     assert not (tmp_path / trial.CONFIRMED).exists()
     trial.reset(tmp_path)  # nothing left: still fine
+
+
+def test_sysroot_lock_serialises_operations(tmp_path: Path) -> None:
+    """The health unit waits for (then gives up on) a held lock; an operator's
+    command fails at once with a clear message."""
+    import fcntl
+    import time
+
+    from dpkg_layer.system import sysroot_lock
+    from retrofit.errors import RetrofitError
+
+    with sysroot_lock(tmp_path, "install") as got:
+        assert got is True
+        lock = next((tmp_path / "ostree/retrofit").glob("*.lock"))
+        with pytest.raises(RetrofitError, match="another retrofit operation"):
+            with sysroot_lock(tmp_path, "rollback"):
+                pass
+        t = time.monotonic()
+        with sysroot_lock(tmp_path, "health", wait=0.6) as waited:
+            assert waited is False
+        assert time.monotonic() - t >= 0.5
+    # released: taken at once, and really held while inside
+    with sysroot_lock(tmp_path, "health", wait=5) as got, open(lock, "w") as other:
+        assert got is True
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from retrofit.vm import scenario
 from retrofit.vm.machine import Machine
 
 pytestmark = [
@@ -50,23 +51,9 @@ RECAP = re.compile(
 )
 
 
-def _deb() -> Path:
-    r = subprocess.run(["make", "-C", str(REPO), "deb"], capture_output=True, text=True)
-    assert r.returncode == 0, f"make deb failed:\n{r.stderr[-2000:]}"
-    debs = sorted((REPO / "dist").glob("retrofit_*_all.deb"))
-    assert debs, "make deb produced no .deb"
-    return debs[-1]
-
-
 def _install(vm: Machine, deb: Path) -> None:
     vm.cmd("sudo apt-get update -qq", check=False, timeout=600)
-    vm.copy_in(deb, f"/tmp/{deb.name}")
-    vm.cmd(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends"
-        f" /tmp/{deb.name}",
-        sudo=True,
-        timeout=900,
-    )
+    vm.install_deb(deb)
     assert vm.cmd("systemctl is-enabled retrofit-health.service", check=False).stdout.strip() == (
         "enabled"
     ), "the .deb did not enable retrofit-health.service"
@@ -79,7 +66,7 @@ def pair(lab_image: Path, lab: Any) -> Iterator[dict[str, Machine]]:
         pytest.skip("ansible-playbook is not installed (apt-get install ansible)")
     from retrofit.vm import qemu
 
-    deb = _deb()
+    deb = scenario.build_deb(REPO)
     started = time.monotonic()
     with ThreadPoolExecutor(2) as pool:
         futures = [pool.submit(qemu.boot, image=lab_image) for _ in NAMES]

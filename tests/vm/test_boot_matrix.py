@@ -2,7 +2,8 @@
 the main scenario (conversion, trial boot, previous-system entry, kargs, install,
 rollback, cleanup --old-system; without the fallback pair, which the default run
 carries) on a UEFI (OVMF) image with GPT and ``/boot`` on its own partition, and on
-a BIOS image with a separate ``/boot``."""
+a BIOS image with a separate ``/boot``, and on a BIOS image whose initramfs comes from
+dracut (ostree-boot's ``98ostree`` module) instead of initramfs-tools."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ pytestmark = [
 SPECS = {
     "uefi-gpt-separate-boot": ImageSpec(firmware="uefi", separate_boot=True),
     "bios-msdos-separate-boot": ImageSpec(firmware="bios", separate_boot=True),
+    "bios-msdos-dracut": ImageSpec(firmware="bios", initramfs="dracut"),
 }
 
 

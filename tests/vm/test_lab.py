@@ -60,16 +60,12 @@ def test_copy_in_and_install(vm: Machine, tmp_path: Path) -> None:
     (src / "hello.txt").write_text("hello from the host\n")
     vm.copy_in(src, "/opt/payload")
     assert vm.cmd("cat /opt/payload/hello.txt").stdout == "hello from the host\n"
-    repo = Path(__file__).resolve().parents[2]
-    vm.install_retrofit(repo)
-    assert (
-        vm.cmd(
-            "test -x /usr/local/bin/retrofit && "
-            "PYTHONPATH=/usr/local/src/retrofit python3 -c 'import retrofit.vm'",
-            check=False,
-        ).returncode
-        == 0
-    )
+    from retrofit.vm import scenario
+
+    deb = scenario.build_deb(Path(__file__).resolve().parents[2])
+    installed = vm.install_deb(deb)
+    assert installed.split() == ["retrofit", deb.name.split("_")[1]], installed
+    assert vm.cmd("/usr/bin/retrofit --version", check=False).returncode == 0
 
 
 def test_reboot_changes_boot_id_and_keeps_disk(vm: Machine, lab: Any) -> None:
@@ -142,8 +138,9 @@ def test_vagrant_up_ssh_destroy(lab_image: Path, lab: Any) -> None:
             "libvirt is not installed "
             "(apt-get install --no-install-recommends libvirt-daemon-system)"
         )
-    from retrofit.vm import vagrant_backend
+    from retrofit.vm import scenario, vagrant_backend
 
+    deb = scenario.build_deb(Path(__file__).resolve().parents[2])
     with vagrant_backend.libvirt_running():
         started = time.monotonic()
         name, url = vagrant_backend.local_box()
@@ -157,11 +154,10 @@ def test_vagrant_up_ssh_destroy(lab_image: Path, lab: Any) -> None:
                 out = machine.vagrant_ssh("uname -r; cat /proc/sys/kernel/random/boot_id")
                 assert "-amd64" in out
                 assert machine.cmd("id -un").stdout.strip() == "vagrant"
-                # The Vagrantfile rsynced the repo and installed the wrapper.
-                machine.cmd(
-                    "test -f /usr/local/src/retrofit/retrofit/vm/machine.py"
-                    " && test -x /usr/local/bin/retrofit"
-                )
+                # The Vagrantfile installed the project's .deb (dist/, built above).
+                got = machine.cmd("dpkg-query -W -f '${Version}' retrofit").stdout.strip()
+                assert got == deb.name.split("_")[1], got
+                machine.cmd("/usr/bin/retrofit --version")
         finally:
             lab.untrack(machine)
         states = output(["virsh", "-c", "qemu:///system", "list", "--all", "--name"]).split()

@@ -43,7 +43,7 @@ def test_power_cut_during_convert(
 ) -> None:
     vm = lab.track(qemu.boot(image=lab_image))
     try:
-        scenario.install_deb(vm, deb)
+        vm.install_deb(deb)
         scenario.write_data(vm)
         vm.cmd(
             f"RETROFIT_FAILPOINTS={phase} RETROFIT_FAILPOINT_ACTION=pause"

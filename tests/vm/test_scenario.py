@@ -5,7 +5,9 @@ scenario ``retrofit rehearse --vm`` runs for operators (``retrofit/vm/scenario.p
 Fresh VM from the cached BIOS lab image → retrofit from the project's .deb → data in
 /home, /var/lib, /etc → preflight → ``convert --yes`` on the live / → trial reboot
 confirmed by the health unit → booted checks → ``kargs --append quiet`` → install htop
-→ rollback → the two automatic fallbacks (a failing health script, a broken init),
+→ rollback → ``retrofit upgrade``
+to a newer retrofit from a repository served in the guest (``/usr/bin/retrofit status``
+runs from the upgraded /usr) → the two automatic fallbacks (a failing health script, a broken init),
 each across real reboots. The report (table and JSON) is printed.
 
 ``RETROFIT_VM_KEEP=1`` leaves a failed VM running for inspection.
