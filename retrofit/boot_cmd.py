@@ -92,7 +92,7 @@ def cmd_kargs(args: argparse.Namespace) -> int:
 def initramfs_report(sysm: Any) -> list[dict[str, Any]]:
     """Per kernel of the default deployment: the generator and whether its initramfs
     fits the running /etc."""
-    from dpkg_layer import engine, ostreeops
+    from dpkg_layer import ostreeops
     from grub import initramfs
 
     repo = sysm.repo()
@@ -110,7 +110,7 @@ def initramfs_report(sysm: Any) -> list[dict[str, Any]]:
                 "kernel": str(kver),
                 "generator": gen,
                 "recorded": stamp is not None,
-                "stale": engine.initramfs_stale(sysm, commit),
+                "stale": initramfs.stale_etc(stamp, sysm.default_root / "etc"),
             }
         )
     return out
@@ -120,9 +120,11 @@ def cmd_initramfs(args: argparse.Namespace) -> int:
     from dpkg_layer import engine, system
 
     verb = "initramfs"
-    sysm = system.load(Path(args.sysroot), verb)
     if args.force and not args.rebuild:
-        raise UsageError(f"{verb}: --force goes with --rebuild")
+        raise UsageError(
+            f"{verb}: --force goes with --rebuild", hint="retrofit initramfs --rebuild --force"
+        )
+    sysm = system.load(Path(args.sysroot), verb)
     if not args.rebuild:
         rows = initramfs_report(sysm)
         if args.json:

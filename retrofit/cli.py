@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         "QEMU (KVM when usable, TCG otherwise), install retrofit's .deb in it, write data, "
         "convert the live system, reboot into the deployment (a trial boot the health "
         "check confirms), then kargs, install htop, rollback, an upgrade to a newer "
-        "retrofit package, and the automatic fallbacks "
+        "retrofit package, an initramfs rebuild after an /etc change, and the automatic "
+        "fallbacks "
         "from a failing health check and a broken init, each across real reboots "
         "(about 20 minutes under TCG). The report lists each step with its result and "
         "time, as a table or --json.",

@@ -76,18 +76,16 @@ BUMP_SUFFIX = "+rehearse1"
 def bump_deb(deb: Path, out_dir: Path, suffix: str = BUMP_SUFFIX) -> tuple[Path, str]:
     """The same package with ``suffix`` appended to its version (what an upgrade of
     retrofit itself looks like to apt); returns the new file and version."""
-    from retrofit.run import output, run
+    from retrofit.run import run
 
     tree = out_dir / "tree"
     run(["dpkg-deb", "-R", str(deb), str(tree)])
     control = tree / "DEBIAN/control"
-    old = output(["dpkg-deb", "-f", str(deb), "Version"]).strip()
-    new = old + suffix
     text = control.read_text()
+    fields = dict(re.findall(r"^(Package|Version|Architecture): (.*)$", text, flags=re.M))
+    new = fields["Version"] + suffix
     control.write_text(re.sub(r"^Version: .*$", f"Version: {new}", text, count=1, flags=re.M))
-    name = output(["dpkg-deb", "-f", str(deb), "Package"]).strip()
-    arch = output(["dpkg-deb", "-f", str(deb), "Architecture"]).strip()
-    out = out_dir / f"{name}_{new}_{arch}.deb"
+    out = out_dir / f"{fields['Package']}_{new}_{fields['Architecture']}.deb"
     run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(out)])
     return out, new
 
